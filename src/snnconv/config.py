@@ -1,0 +1,175 @@
+"""Typed config schema, registered in Hydra's ConfigStore, plus the value checks a type cannot express.
+
+Every key a user can set is declared here, so `data.bogus=1` or `T=4` fails when the config is composed
+(OmegaConf type checks), and `'T=[0]'` / `ann.L=0` fail in :func:`validate` before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from snnconv import SnnconvError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | fashion_mnist | cifar10 | cifar100 | imagenet
+    root: str = "data"  # where files are found (or downloaded to, when download=true)
+    download: bool = True  # try torchvision's download when files are absent (CIFAR only)
+    num_classes: int = 10
+    in_chans: int = 1
+    img_size: int = 32
+    batch_size: int = 128
+    test_batch_size: int = 200
+    num_workers: int = 0
+    calib_size: int = 1024  # images drawn (fixed seed) from the TRAIN split for thresholds / calibration
+    augment: str = "none"  # none | crop_flip | autoaugment (CIFAR: crop+flip+AutoAugment) | imagenet
+    cutout: int = 0  # Cutout hole size in px (0 = off)
+    limit_train: int = 0  # >0: use only the first N training images (debug / smoke tests)
+    limit_test: int = 0  # >0: use only the first N test images
+    mean: List[float] = field(default_factory=lambda: [0.5])
+    std: List[float] = field(default_factory=lambda: [0.5])
+
+
+@dataclass
+class ArchConfig:
+    name: str = "resnet20"  # a name in snnconv.models' registry
+    width: float = 1.0  # channel multiplier (VGG16 also scales its 4096-wide classifier)
+    stem: str = "cifar"  # resnet34 only: imagenet (7x7/2 conv + avg-pool) | cifar (3x3/1, QCFS/COS checkpoints)
+    dropout: float = 0.0
+
+
+@dataclass
+class AnnConfig:
+    name: str = "qcfs"  # relu | qcfs | rts
+    L: int = 4  # qcfs: quantisation levels
+    init_threshold: float = 8.0  # qcfs: initial trainable clip value lambda
+    percentile: float = 99.99  # relu: SNN threshold = this percentile of each layer's calibration activations (100 = max)
+    threshold: float = 1.0  # rts: clip value of the threshold ReLU (Deng & Gu: 1 CIFAR-10, 2 CIFAR-100, 3 ImageNet)
+    rts_shift: str = "initial"  # rts SNN shift: initial (v0 = theta/2, T-independent) | per_step (theta/(2T) each step)
+    checkpoint: Optional[str] = None  # load this state dict instead of training / the cache
+
+
+@dataclass
+class MethodConfig:
+    name: str = "baseline"  # baseline | offset_spike | ftbc | ftbc_offset_spike
+    # offset_spike (COS)
+    rho: int = 4  # pre-simulation steps per pass
+    passes: int = 1  # judge-and-shift rounds
+    eps: float = 0.001  # Theorem 2 epsilon, in units of theta
+    # ftbc
+    alpha: float = 0.5  # step size of the bias update
+    iterations: int = 1  # passes over the calibration batches
+    batches: int = 4  # calibration batches per iteration (training split)
+    batch_size: int = 128
+    update: str = "residual"  # residual | oracle
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    threshold_weight_decay: bool = True  # QCFS papers decay lambda too
+    limit_batches: int = 0  # >0: stop each epoch after N batches (debug)
+    cache: bool = True  # reuse outputs/checkpoints/<hash>.pt when the same ANN was trained before
+
+
+@dataclass
+class SnnConfig:
+    time_chunk: int = 0  # time steps folded into the batch per call; 0 = auto (per device, see README)
+    eval_batches: int = 0  # >0: evaluate only N test batches
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "snnconv"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    ann: AnnConfig = field(default_factory=AnnConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    snn: SnnConfig = field(default_factory=SnnConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    T: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    checkpoint_dir: str = "outputs/checkpoints"
+    task_name: str = "run"
+    output_dir: Optional[str] = None  # set by the runner (Hydra's run dir); tests may set it
+    experiment: Optional[str] = None
+    debug: Optional[str] = None
+    extra: Any = None  # free-form notes carried into results.json
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` can list `config_schema` first in its defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+CHOICES = {
+    "data.name": ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet"),
+    "ann.name": ("relu", "qcfs", "rts"),
+    "ann.rts_shift": ("initial", "per_step"),
+    "method.name": ("baseline", "offset_spike", "ftbc", "ftbc_offset_spike"),
+    "method.update": ("residual", "oracle"),
+    "logger.name": ("none", "wandb"),
+    "logger.mode": ("online", "offline", "disabled"),
+    "data.augment": ("none", "crop_flip", "autoaugment", "imagenet"),
+    "arch.stem": ("cifar", "imagenet"),
+}
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise SnnconvError (one line, naming the fix) for values the schema's types cannot refuse."""
+    T = list(cfg.T)
+    if not T or any(int(t) < 1 for t in T):
+        raise SnnconvError(f"T must be a non-empty list of positive ints, got {T}; e.g. 'T=[1,2,4,8]'")
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise SnnconvError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    from snnconv.models import list_models
+
+    if cfg.arch.name not in list_models():
+        raise SnnconvError(f"arch.name={cfg.arch.name!r} is not a registered model; choose one of {list_models()}")
+    checks = [
+        (cfg.ann.L >= 1, "ann.L must be >= 1"),
+        (0 < cfg.ann.percentile <= 100, "ann.percentile must be in (0, 100]"),
+        (cfg.ann.threshold > 0, "ann.threshold must be > 0"),
+        (cfg.arch.width > 0, "arch.width must be > 0"),
+        (cfg.method.rho >= 1, "method.rho must be >= 1"),
+        (cfg.method.passes >= 1, "method.passes must be >= 1"),
+        (0 < cfg.method.eps < 1, "method.eps must be in (0, 1) (units of theta)"),
+        (cfg.method.alpha > 0, "method.alpha must be > 0"),
+        (cfg.method.iterations >= 1 and cfg.method.batches >= 1, "method.iterations and method.batches must be >= 1"),
+        (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
+        (cfg.snn.time_chunk >= 0, "snn.time_chunk must be >= 0 (0 = auto)"),
+        (cfg.data.batch_size >= 1 and cfg.data.test_batch_size >= 1, "data batch sizes must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SnnconvError(message)

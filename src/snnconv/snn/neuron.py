@@ -1,0 +1,126 @@
+"""Multi-step integrate-and-fire neuron with reset by subtraction, and the hooks calibration methods use.
+
+Dynamics at step t (absolute units, theta = threshold):
+    m(t) = v(t-1) + I(t) [+ theta/(2T) if shift_per_step] - bias[t]      (bias: per channel, FTBC's beta)
+    s(t) = 1[m(t) >= theta];  output theta * s(t);  v(t) = m(t) - theta * s(t)
+with v(0) = v0_frac * theta, or a per-neuron tensor from a controller (COS).
+
+Shapes: the layer input is time-major with time folded into the batch, [k*B, ...] for a chunk of k steps
+(or [B, ...] for a static input such as the encoded image, used as the same current at every step); the neuron
+unfolds it to [k, B, ...] and loops over t. State (v, step count) persists across the chunks of one simulation;
+`SpikingNetwork` resets it at the start of every simulation, so users never call a reset.
+
+Hooks (the neuron exposes them, the algorithms live in `snnconv.methods`): `controller` may define
+  initial_potential(neuron, inputs[k, B, ...]) -> v0 tensor [B, ...]   (needs the whole simulation in one chunk)
+  on_step(neuron, t, current, m, s) -> (m, s)                          (may change m and re-fire, e.g. FTBC)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from snnconv.ann.base import NeuronSpec
+
+
+def if_step(v: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor):
+    """One IF step with reset by subtraction. Returns (s in {0,1}, m = pre-reset potential, v_next)."""
+    m = v + current
+    s = (m >= threshold).to(m.dtype)
+    return s, m, m - threshold * s
+
+
+def per_channel(vec: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a [C] tensor so it broadcasts over a [B, C, ...] tensor with `ndim` dims (a [] tensor is returned as is)."""
+    if vec.dim() == 0:
+        return vec
+    return vec.view(-1, *([1] * (ndim - 2)))
+
+
+class SimContext:
+    """Shared by all neurons of one network: batch size B, steps per call (chunk), total steps T, simulation id."""
+
+    def __init__(self):
+        self.batch = 0
+        self.chunk = 1
+        self.total_steps = 0
+        self.sim_id = 0
+
+
+class IFNeuron(nn.Module):
+    def __init__(self, spec: NeuronSpec, ctx: SimContext):
+        super().__init__()
+        self.register_buffer("threshold", spec.threshold.detach().float().clone())
+        self.register_buffer("bias", torch.zeros(0))  # [T_max, C] once a method sets it
+        self.v0_frac = float(spec.v0_frac)
+        self.shift_per_step = bool(spec.shift_per_step)
+        self.ctx = ctx
+        self.controller = None
+        self.v: torch.Tensor | None = None
+        self.t = 0
+
+    def reset(self):
+        self.v, self.t = None, 0
+
+    def set_bias(self, bias: torch.Tensor) -> None:
+        """bias: [T_max, C] per-step, per-channel value subtracted from the membrane (C = 1 broadcasts)."""
+        self.bias = bias.detach().to(self.threshold.device, torch.float32).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "bias"
+        if key in state_dict:  # the bias length is set by calibration, so adopt the saved shape
+            self.bias = torch.empty_like(state_dict[key], device=self.threshold.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def theta(self, ndim: int) -> torch.Tensor:
+        return per_channel(self.threshold, ndim)
+
+    def step_current(self, current: torch.Tensor, t: int) -> torch.Tensor:
+        """Input current at step t plus the source's per-step shift, minus the bias at t. current: [B, ...]."""
+        if self.shift_per_step:
+            current = current + self.theta(current.dim()) / (2 * self.ctx.total_steps)
+        if self.bias.numel():
+            if t >= self.bias.shape[0]:
+                raise RuntimeError(f"bias calibrated for {self.bias.shape[0]} steps, simulation needs step {t + 1}")
+            current = current - per_channel(self.bias[t], current.dim())
+        return current
+
+    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """[k*B, ...] (sequence) or [B, ...] (static) -> [k, B, ...]."""
+        B, k = self.ctx.batch, self.ctx.chunk
+        if x.shape[0] == B * k:
+            return x.view(k, B, *x.shape[1:])
+        if x.shape[0] == B:
+            return x.unsqueeze(0).expand(k, *x.shape)
+        raise RuntimeError(f"neuron input batch {x.shape[0]} is neither B={B} nor chunk*B={k * B}")
+
+    def initial_potential(self, inputs: torch.Tensor) -> torch.Tensor:
+        """v(0) for inputs [k, B, ...]: the controller's per-neuron value, or v0_frac * theta."""
+        if self.controller is not None and hasattr(self.controller, "initial_potential"):
+            return self.controller.initial_potential(self, inputs)
+        theta = self.theta(inputs.dim() - 1)
+        return (self.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype).clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.unfold(x)
+        if self.t == 0:
+            self.v = self.initial_potential(seq)
+        theta = self.theta(seq.dim() - 1)
+        on_step = getattr(self.controller, "on_step", None)
+        out = torch.empty_like(seq, memory_format=torch.contiguous_format)
+        v = self.v
+        for i in range(seq.shape[0]):
+            t = self.t + i
+            s, m, v = if_step(v, self.step_current(seq[i], t), theta)
+            if on_step is not None:
+                m, s = on_step(self, t, seq[i], m, s)
+                v = m - theta * s
+            torch.mul(s, theta, out=out[i])
+        self.v = v
+        self.t += seq.shape[0]
+        return out.view(-1, *seq.shape[2:])
+
+    def extra_repr(self):
+        th = self.threshold
+        th_s = f"{th.item():.4g}" if th.dim() == 0 else f"[{th.numel()} channels]"
+        return f"threshold={th_s}, v0={self.v0_frac}*theta, shift_per_step={self.shift_per_step}, bias_steps={self.bias.shape[0] if self.bias.numel() else 0}"
