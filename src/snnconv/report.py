@@ -1,0 +1,287 @@
+"""Report a run's ``results`` dict: terminal table, local files, and (optionally) Weights & Biases.
+
+Ordering contract for callers: call :func:`write_local` FIRST, then :func:`log_wandb`. The local
+files (``results.json``, ``results.csv``, ``accuracy_vs_T.png``) are the authoritative record; W&B is a
+mirror, and :func:`log_wandb` never raises, so a W&B failure cannot lose or hide them.
+
+``results`` keys (see ``runner``): ``ann.acc``, ``snn.acc`` / ``snn.agreement`` (``{str(T): percent}``),
+``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``config`` and optional
+diagnostics dicts ``offset_spike`` / ``ftbc``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DIAGNOSTIC_KEYS = ("offset_spike", "ftbc")
+CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method")
+
+
+def _by_t(mapping: Mapping | None) -> dict[str, Any]:
+    return {str(k): v for k, v in (mapping or {}).items()}
+
+
+def _rows(results: Mapping) -> list[dict[str, Any]]:
+    """One dict per T (ascending): T, latency_steps, pipelined_latency_steps, snn_acc, agreement (None if absent)."""
+    snn = results.get("snn") or {}
+    acc = _by_t(snn.get("acc"))
+    agreement = _by_t(snn.get("agreement"))
+    latency = _by_t(results.get("latency_steps"))
+    pipelined = _by_t(results.get("pipelined_latency_steps"))
+    return [
+        {
+            "T": int(t),
+            "latency_steps": latency.get(t),
+            "pipelined_latency_steps": pipelined.get(t),
+            "snn_acc": acc[t],
+            "agreement": agreement.get(t),
+        }
+        for t in sorted(acc, key=int)
+    ]
+
+
+def _ann_acc(results: Mapping) -> float | None:
+    return (results.get("ann") or {}).get("acc")
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: Mapping) -> str:
+    """Fixed-width per-T table (T | latency | [pipelined] | SNN acc % | [agreement %]) plus an ANN line."""
+    rows = _rows(results)
+    cols: list[tuple[str, str, str]] = [("T", "T", "d"), ("latency", "latency_steps", "d")]
+    if results.get("pipelined_latency_steps"):
+        cols.append(("pipelined", "pipelined_latency_steps", "d"))
+    cols.append(("SNN acc %", "snn_acc", ".2f"))
+    if any(r["agreement"] is not None for r in rows):
+        cols.append(("agreement %", "agreement", ".2f"))
+    cells = [[_fmt(r[key], spec) for _, key, spec in cols] for r in rows]
+    widths = [max([len(head)] + [len(c[i]) for c in cells]) for i, (head, _, _) in enumerate(cols)]
+    lines = [" | ".join(head.rjust(w) for (head, _, _), w in zip(cols, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    method = results.get("method")
+    lines.append(f"ANN acc %: {_fmt(_ann_acc(results))}" + (f"   (method: {method})" if method else ""))
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _title(results: Mapping) -> str:
+    cfg = results.get("config") or {}
+
+    def name(section: str) -> Any:
+        node = cfg.get(section)
+        return node.get("name") if isinstance(node, Mapping) else node
+
+    parts = [results.get("method") or name("method"), name("arch"), name("data")]
+    return " | ".join(str(p) for p in parts if p) or "SNN accuracy"
+
+
+def _plot_png(results: Mapping) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    rows = _rows(results)
+    ts = [r["T"] for r in rows]
+    accs = [r["snn_acc"] for r in rows]
+    ann = _ann_acc(results)
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(ts, accs, marker="o", label="SNN")
+    for t, a in zip(ts, accs):
+        ax.annotate(f"{a:.1f}", (t, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if ann is not None:
+        ax.axhline(ann, linestyle="--", color="gray", label=f"ANN {ann:.2f}%")
+    ax.set_xscale("log", base=2)
+    if len(ts) == 1:
+        ax.set_xlim(ts[0] / 2, ts[0] * 2)
+    ax.set_xticks(ts, [str(t) for t in ts])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("T (time steps)")
+    ax.set_ylabel("test accuracy (%)")
+    top = max([100.0] + [a for a in accs if a is not None and math.isfinite(a)])
+    ax.set_ylim(0, top + 2)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    pipelined = any(r["pipelined_latency_steps"] is not None for r in rows)
+    if pipelined or any(r["latency_steps"] not in (None, r["T"]) for r in rows):
+        sec = ax.secondary_xaxis("top")
+        labels = [
+            _fmt(r["latency_steps"], "d")
+            + (f"/{_fmt(r['pipelined_latency_steps'], 'd')}" if pipelined else "")
+            for r in rows
+        ]
+        sec.set_xticks(ts, labels, fontsize=8)
+        sec.xaxis.set_minor_locator(NullLocator())
+        sec.set_xlabel("latency (steps)" + (" / pipelined" if pipelined else ""))
+    ax.set_title(_title(results))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and ``accuracy_vs_T.png`` into ``out_dir`` (atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_T.png"}
+    text = json.dumps(results, indent=2, default=_json_default) + "\n"
+    _atomic_write(paths["json"], text.encode())
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    ann, method = _ann_acc(results), results.get("method")
+    for row in _rows(results):
+        row = {**row, "ann_acc": ann, "method": method}
+        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
+    _atomic_write(paths["csv"], buf.getvalue().encode())
+
+    _atomic_write(paths["png"], _plot_png(results))
+    return paths
+
+
+def _flatten_numeric(prefix: str, obj: Any, out: dict[str, Any]) -> None:
+    """Collect numeric (and bool) leaves of nested mappings as ``prefix/a/b`` keys; skip everything else."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten_numeric(f"{prefix}/{k}", v, out)
+    elif isinstance(obj, (bool, int, float)):
+        out[prefix] = obj
+    elif hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalar
+        try:
+            value = obj.item()
+        except Exception:
+            return
+        if isinstance(value, (bool, int, float)):
+            out[prefix] = value
+
+
+def _summary(results: Mapping) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    if _ann_acc(results) is not None:
+        summary["ann/acc"] = _ann_acc(results)
+    for r in _rows(results):
+        t = r["T"]
+        summary[f"snn/acc_T{t}"] = r["snn_acc"]
+        for key in ("agreement", "latency_steps", "pipelined_latency_steps"):
+            if r[key] is not None:
+                summary[f"snn/{key}_T{t}"] = r[key]
+    _flatten_numeric("timing_s", results.get("timing_s") or {}, summary)
+    for key in DIAGNOSTIC_KEYS:
+        if isinstance(results.get(key), Mapping):
+            _flatten_numeric(key, results[key], summary)
+    if results.get("method"):
+        summary["method"] = results["method"]
+    return summary
+
+
+def _log_run(run: Any, wandb: Any, results: Mapping) -> None:
+    run.define_metric("T")
+    run.define_metric("snn/*", step_metric="T")
+    rows = _rows(results)
+    for r in rows:
+        record = {"T": r["T"], "snn/acc": r["snn_acc"]}
+        for key in ("latency_steps", "pipelined_latency_steps", "agreement"):
+            if r[key] is not None:
+                record[f"snn/{key}"] = r[key]
+        run.log(record)
+    table = wandb.Table(
+        columns=["T", "latency_steps", "snn_acc"],
+        data=[[r["T"], r["latency_steps"], r["snn_acc"]] for r in rows],
+    )
+    title = f"SNN accuracy vs T ({_title(results)})"
+    run.log({"snn_acc_vs_T": wandb.plot.line(table, "T", "snn_acc", title=title)})
+    for key, value in _summary(results).items():
+        run.summary[key] = value
+
+
+def _reinit_kwargs(wandb: Any) -> dict[str, Any]:
+    """Let several runs live in one process (wandb >= 0.19.10: ``reinit="create_new"``; older: ``True``)."""
+    try:
+        return {"settings": wandb.Settings(reinit="create_new")}
+    except Exception:
+        return {"reinit": True}
+
+
+def log_wandb(logger_cfg: Any, results: Mapping, run_name: str, out_dir: str | os.PathLike) -> Path | None:
+    """Mirror ``results`` to W&B when ``logger_cfg.name == "wandb"``; never raises.
+
+    Per-T metrics are logged against a ``T`` step metric, plus a ``snn_acc_vs_T`` line-plot table and
+    summary keys. Returns the ``wandb/offline-run-*`` folder in offline mode, else None (also on failure,
+    after a one-line warning on stderr).
+    """
+    if getattr(logger_cfg, "name", "none") != "wandb":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    out = Path(out_dir)
+    mode = getattr(logger_cfg, "mode", "offline")
+    if mode == "offline":
+        # wandb 0.31's wandb.init builds its telemetry proxy from the GLOBAL settings (online unless
+        # WANDB_MODE says otherwise), which probes the server at exit even for an offline run.
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    try:
+        import wandb
+
+        out.mkdir(parents=True, exist_ok=True)
+        tags = getattr(logger_cfg, "tags", None)
+        run = wandb.init(
+            project=getattr(logger_cfg, "project", None),
+            entity=getattr(logger_cfg, "entity", None),
+            group=getattr(logger_cfg, "group", None),
+            tags=[str(t) for t in tags] if tags else None,
+            name=run_name,
+            mode=mode,
+            dir=str(out),
+            config=dict(results.get("config") or {}),
+            **_reinit_kwargs(wandb),
+        )
+        offline_dir = None
+        ok = False
+        try:
+            _log_run(run, wandb, results)
+            if mode == "offline":
+                offline_dir = Path(run.dir).parent  # run.dir is <dir>/wandb/offline-run-*/files
+            ok = True
+        finally:
+            run.finish(exit_code=0 if ok else 1)
+        return offline_dir if mode != "disabled" else None
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"W&B logging failed ({detail}); local results are in {out}", file=sys.stderr)
+        return None
