@@ -1,0 +1,70 @@
+"""Accuracy at every T in the list from ONE simulation of T_max steps (cumulative mean of the output layer),
+plus the ANN's accuracy and the SNN-vs-ANN agreement (share of images with the same predicted class).
+
+Sources whose dynamics depend on T (rts with rts_shift=per_step) are simulated once per T instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from snnconv.methods.base import Method
+from snnconv.snn import SpikingNetwork
+
+
+def depends_on_T(snn: SpikingNetwork) -> bool:
+    return any(n.shift_per_step for n in snn.neurons().values())
+
+
+def correct_per_step(logits: torch.Tensor, labels: torch.Tensor, steps: list[int]) -> torch.Tensor:
+    """logits [T, B, K] per step -> predictions of the running mean read at each T in `steps`: [len(steps), B]."""
+    cum = logits.cumsum(0)
+    return torch.stack([cum[t - 1].argmax(-1) for t in steps])
+
+
+@torch.no_grad()
+def evaluate(
+    snn: SpikingNetwork,
+    ann: nn.Module,
+    loader,
+    T_list: list[int],
+    method: Method,
+    device: torch.device,
+    time_chunk: int,
+    max_batches: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Returns {"ann_acc": %, "acc": {T: %}, "agreement": {T: %}, "images": n} over the loader."""
+    ann.eval()
+    snn.eval()
+    method.attach(snn)
+    T_list = sorted(set(int(t) for t in T_list))
+    groups = [[t] for t in T_list] if depends_on_T(snn) else [T_list]
+    correct = torch.zeros(len(T_list), dtype=torch.long)
+    agree = torch.zeros(len(T_list), dtype=torch.long)
+    ann_correct, n = 0, 0
+    total = min(len(loader), max_batches) if max_batches else len(loader)
+    for i, (x, y) in enumerate(tqdm(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+        if max_batches and i >= max_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        ann_pred = ann(x).argmax(-1)
+        ann_correct += (ann_pred == y).sum().item()
+        preds = []
+        for group in groups:
+            steps = method.sim_steps(max(group))
+            chunk = steps if method.needs_full_sequence else time_chunk
+            preds.append(correct_per_step(snn(x, steps, chunk), y, group))
+        pred = torch.cat(preds)
+        correct += (pred == y).sum(1).cpu()
+        agree += (pred == ann_pred).sum(1).cpu()
+        n += y.numel()
+    pct = lambda c: round(100.0 * float(c) / max(n, 1), 4)  # noqa: E731
+    return {
+        "ann_acc": pct(ann_correct),
+        "acc": {str(t): pct(c) for t, c in zip(T_list, correct)},
+        "agreement": {str(t): pct(c) for t, c in zip(T_list, agree)},
+        "images": n,
+    }

@@ -1,0 +1,398 @@
+"""FTBC: forward temporal bias correction (Wu, Bojkovic, Gu, Suo, Zou, ECCV 2024, arXiv 2403.18388).
+
+A per-layer, per-channel, per-time-step bias is calibrated on training images so that, at EVERY step t, the
+channel mean of the SNN output theta * s_l[t] matches the channel mean of the ANN activation a_l.
+
+Sign convention. The paper ADDS b_l[t] to the membrane; the released code (and this file) store
+beta_l[t] = -b_l[t], which the neuron SUBTRACTS before its threshold test (``IFNeuron.bias`` [T_max, C],
+``IFNeuron.step_current``):  m = v + I_l[t] - beta_l[t];  s = 1[m >= theta];  v <- m - theta * s.
+C is the channel dim (dim 1) of the layer's input ([B, C, H, W] conv, [B, F] linear: C = F).
+
+alpha. ``cfg.alpha`` is the STEP SIZE of the bias update (the code's ``curr_t_alpha``), NOT the paper's
+Proposition alpha (the target firing probability a/theta). The update is Robbins-Monro root finding of
+g(beta) = E[theta * H(m(beta) - theta)] - E[a] per channel, mean over (batch, spatial) positions.
+
+Update rules (``cfg.update``), applied at step t inside the layer, with the layer's CURRENT beta in m:
+  residual (default; the RTS / SNNC trees' rule with their re-fire correction):
+      delta_t = mean_c(theta * s) - mean_c(a);   beta[t] += alpha * delta_t;
+      the step is then re-run with the updated beta from the same v(t-1): m' = v(t-1) + I[t] - beta[t],
+      s' = 1[m' >= theta] (= m - alpha * delta_t, evaluated exactly as a fresh simulation would round it).
+  oracle (the QCFS tree's local rule, kept for comparison): an element-wise oracle membrane v_o, started at the
+      deployed neuron's v(0) (v0_frac * theta; the COS v0 for ``FTBCOffsetSpike``), integrates the RAW input
+      current (no bias):  m_o = v_o + I[t]; s_o = 1[m_o >= theta]; e = theta * s_o - a (element-wise, needs the
+      full ANN activation); m_o' = m_o - e; s_o' = 1[m_o' >= theta]; v_o = m_o' - theta * s_o';
+      beta[t] += alpha * mean_c(e); the deployed neuron's step is then re-run with the new beta as above.
+The deployed neuron continues from the re-fired state and outputs theta * s', so layer l+1 sees layer l's
+corrected spikes. Layers run in topological order within one forward (residual graphs included), so this equals
+re-simulating the network up to layer l with every layer's updated beta: exactly what the references recompute
+per layer (``naive_calibrate`` below, tests/test_ftbc.py checks equality).
+
+Cost per batch: one ANN forward (hooks keep only mean_c(a), O(C) per layer; the full a only for ``oracle``) plus
+one T_max-step SNN forward, instead of L * (1 ANN + 1 T-step SNN) (QCFS tree) or 2 * L * T full forwards
+(RTS / SNNC trees), L = number of spiking layers.
+
+Causality. beta_l[t] depends only on steps <= t (of layers <= l), so one calibration at T_max serves every
+T <= T_max: evaluation reads beta[:T]. This needs T-independent dynamics: ``rts`` with ``rts_shift=per_step``
+adds theta/(2T) at every step, so biases calibrated at T_max are not those for a smaller T; calibrate raises
+SnnconvError asking for ``ann.rts_shift=initial`` (v0 = theta/2, T-independent) instead of silently calibrating
+one T.
+
+State. ANN and SNN run in eval mode during calibration (each submodule's own mode is restored afterwards).
+Biases start from zeros at every ``calibrate`` call (previous biases are discarded), live in the neuron's
+registered ``bias`` buffer (saved in the state_dict, moved by ``.to()``), and the controllers are removed after
+calibration.
+
+Deviations from the released code (specs/ftbc_reference_code.md):
+- No generator exhaustion: every batch of every iteration calibrates every layer (the QCFS tree calibrates with
+  its first batch only).
+- No aliasing: biases are one [T_max, C] buffer per layer, not ``[zeros(C)] * T`` lists that alias on CPU, are
+  missing from checkpoints and are not moved by ``.to()``.
+- Residual update everywhere it applies (the QCFS tree ignores the layer's own beta), with one consistent ``>=``
+  (the SNNC tree re-fires with ``>``); every calibrated layer's bias is applied at inference (SNNC's
+  ``SpikeResModule`` never applies it) and layer mapping is by module name (RTS's ResNet mapping bug).
+- No test-set model selection and no per-iteration test evaluation: training batches only.
+- One streaming pass per batch instead of one network re-simulation per layer (and per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from snnconv import SnnconvError
+from snnconv.ann.base import SourceActivation
+from snnconv.methods.base import Method
+from snnconv.methods.offset_spike import OffsetSpike, OffsetSpikeController
+from snnconv.snn import SpikingNetwork
+from snnconv.snn.neuron import IFNeuron, if_step
+
+UPDATES = ("residual", "oracle")
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dim but the channel dim 1: [B, C, ...] -> [C] ([B, F] -> [F])."""
+    dims = [0, *range(2, x.dim())]
+    return x.mean(dim=dims)
+
+
+def _check_update(update: str) -> str:
+    if update not in UPDATES:
+        raise SnnconvError(f"method.update={update!r} is not one of {', '.join(UPDATES)}")
+    return update
+
+
+def _check_T_independent(neurons: dict[str, IFNeuron]) -> None:
+    per_step = [n for n, neuron in neurons.items() if neuron.shift_per_step]
+    if per_step:
+        raise SnnconvError(
+            "FTBC calibrates its biases once at T_max and reads them at every T <= T_max, but "
+            f"ann.rts_shift=per_step adds theta/(2T) at every step (layers {per_step[:3]}...), so the dynamics "
+            "depend on T; use ann.rts_shift=initial (v0 = theta/2, T-independent)"
+        )
+
+
+def _activations(ann: nn.Module, names: list[str]) -> dict[str, SourceActivation]:
+    acts = {n: m for n, m in ann.named_modules() if isinstance(m, SourceActivation)}
+    missing = [n for n in names if n not in acts]
+    if missing or len(acts) != len(names):
+        raise SnnconvError(
+            f"the ANN's activations {list(acts)[:4]}... do not match the SNN's neurons {names[:4]}...; "
+            "pass the ANN the SNN was converted from"
+        )
+    return {n: acts[n] for n in names}
+
+
+@torch.no_grad()
+def ann_targets(ann: nn.Module, acts: dict[str, SourceActivation], x: torch.Tensor, full: bool) -> dict:
+    """One ANN forward on x; per named activation its channel mean [C] (full=False) or the output (full=True)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(_mod, _inp, a):
+            if name in out:
+                raise SnnconvError(
+                    f"activation {name!r} runs twice per forward; FTBC needs one call per layer"
+                )
+            out[name] = a.detach().clone() if full else channel_mean(a.detach().float())
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in acts.items()]
+    try:
+        ann(x)
+    finally:
+        for h in handles:
+            h.remove()
+    not_run = [n for n in acts if n not in out]
+    if not_run:
+        raise SnnconvError(f"activations {not_run} did not run in the ANN forward")
+    return out
+
+
+class FTBCController:
+    """Per-layer FTBC update installed as ``IFNeuron.controller`` during calibration (the neuron calls
+    ``on_step`` after its own step, with the layer's current bias already in m).
+
+    ``target`` (set per batch): mean_c(a) [C] for ``residual``, the full activation [B, ...] for ``oracle``.
+    ``record`` (set by the caller): when not None, mean_c|delta_t| is added to ``abs_delta[record, t]``.
+    """
+
+    def __init__(self, alpha: float, update: str, steps: int, iterations: int = 1):
+        self.alpha = float(alpha)
+        self.update = _check_update(update)
+        self.target: torch.Tensor | None = None
+        self.record: int | None = None
+        self.abs_delta = torch.zeros(iterations, steps)
+        self._v: torch.Tensor | None = None  # v after the previous step (within a chunk)
+        self._v_oracle: torch.Tensor | None = None
+
+    def on_step(self, neuron: IFNeuron, t: int, current, m, s):
+        # IFNeuron.forward keeps its state in neuron.v / neuron.t at chunk granularity: at the first step of a
+        # chunk (t == neuron.t) neuron.v is v(t-1) (v(0) at t = 0); within the chunk we carry v ourselves
+        v_prev = neuron.v if t == neuron.t else self._v
+        m, s, self._v = self.step(neuron, t, current, m, s, v_prev)
+        return m, s
+
+    def step(self, neuron: IFNeuron, t: int, current, m, s, v_prev):
+        """Update beta[t] from the step (m, s) computed with the old beta from v_prev; return the step re-run
+        with the new beta: (m', s', v') with v' = m' - theta * s'."""
+        theta = neuron.theta(m.dim())
+        if self.update == "residual":
+            delta = channel_mean(s) * neuron.threshold - self.target
+        else:
+            if t == 0:
+                self._v_oracle = v_prev.clone()
+            s_o, m_o, _ = if_step(self._v_oracle, current, theta)  # raw current: no bias, no shift
+            e = theta * s_o - self.target
+            _, _, self._v_oracle = if_step(m_o, -e, theta)  # m_o' = m_o - e, re-fire, reset
+            delta = channel_mean(e)
+        neuron.bias[t] += self.alpha * delta
+        if self.record is not None:
+            if self.abs_delta.device != delta.device:
+                self.abs_delta = self.abs_delta.to(delta.device)
+            self.abs_delta[self.record, t] += delta.abs().mean()
+        s2, m2, v2 = if_step(v_prev, neuron.step_current(current, t), theta)
+        return m2, s2, v2
+
+
+class _FTBCWithCOS:
+    """Calibration-time controller of ``FTBCOffsetSpike``: COS sets v(0), FTBC updates the biases."""
+
+    def __init__(self, cos, ftbc: FTBCController):
+        self.cos, self.ftbc = cos, ftbc
+
+    def initial_potential(self, neuron, inputs):
+        return self.cos.initial_potential(neuron, inputs)
+
+    def on_step(self, neuron, t, current, m, s):
+        return self.ftbc.on_step(neuron, t, current, m, s)
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    """Every submodule in eval mode inside the block, each one's own flag restored after (restoring only the
+    top-level flag would be wrong: `convert` returns a SpikingNetwork whose wrapper is in train mode while its
+    BN layers are in eval mode)."""
+    saved = [(m, m.training) for root in modules for m in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def _clear_biases(neurons: dict[str, IFNeuron]) -> None:
+    for neuron in neurons.values():
+        neuron.set_bias(torch.zeros(0))
+
+
+def _init_bias(neuron: IFNeuron, steps: int, target: torch.Tensor) -> None:
+    C = target.shape[1] if target.dim() > 1 else target.shape[0]
+    neuron.set_bias(torch.zeros(steps, C))
+
+
+class FTBC(Method):
+    """FTBC as a `Method` (see the module docstring). cfg fields: alpha (step size), iterations (passes over the
+    calibration batches), update (residual | oracle); the runner supplies cfg.batches batches of cfg.batch_size."""
+
+    name = "ftbc"
+    needs_full_sequence = False
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        self.alpha = float(getattr(cfg, "alpha", 0.5))
+        self.iterations = int(getattr(cfg, "iterations", 1))
+        self.update = _check_update(str(getattr(cfg, "update", "residual")))
+        if self.alpha <= 0 or self.iterations < 1:
+            raise SnnconvError(
+                f"ftbc needs alpha > 0 and iterations >= 1, got {self.alpha}, {self.iterations}"
+            )
+        self._diag: dict = {}
+
+    def _controller(self, ftbc: FTBCController):
+        return ftbc
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        snn: SpikingNetwork,
+        ann: nn.Module,
+        batches: Iterable[torch.Tensor],
+        T_max: int,
+        time_chunk: int,
+    ) -> dict:
+        start = time.perf_counter()
+        batches = list(batches)
+        if not batches:
+            raise SnnconvError("FTBC needs at least one calibration batch")
+        neurons = snn.neurons()
+        _check_T_independent(neurons)
+        acts = _activations(ann, list(neurons))
+        steps = self.sim_steps(T_max)
+        chunk = steps if self.needs_full_sequence else time_chunk
+        ctrls = {n: FTBCController(self.alpha, self.update, steps, self.iterations) for n in neurons}
+        _clear_biases(neurons)
+        try:
+            with _eval_mode(ann, snn):
+                for it in range(self.iterations):
+                    for x in batches:
+                        targets = ann_targets(ann, acts, x, full=self.update == "oracle")
+                        for name, neuron in neurons.items():
+                            if neuron.bias.numel() == 0:
+                                _init_bias(neuron, steps, targets[name])
+                            ctrl = ctrls[name]
+                            ctrl.target, ctrl.record = targets[name], it
+                            neuron.controller = self._controller(ctrl)
+                        snn(x, steps, chunk)
+                        for ctrl in ctrls.values():
+                            ctrl.target = ctrl._v = ctrl._v_oracle = None
+        finally:
+            for neuron in neurons.values():
+                neuron.controller = None
+        self._diag = self._summarise(neurons, ctrls, len(batches), time.perf_counter() - start)
+        return self._diag
+
+    def _summarise(self, neurons, ctrls, n_batches: int, seconds: float) -> dict:
+        layers = {}
+        per_iter = torch.zeros(self.iterations)
+        for name, neuron in neurons.items():
+            d = ctrls[name].abs_delta / n_batches  # [iterations, steps]: batch mean of mean_c |delta_t|
+            per_iter += d.mean(1)
+            layers[name] = {
+                "mean_abs_delta": round(float(d[-1].mean()), 8),
+                "mean_abs_delta_per_t": [round(float(v), 8) for v in d[-1]],
+                "bias_norm": round(float(neuron.bias.norm()), 8),
+                "channels": int(neuron.bias.shape[1]),
+            }
+        per_iter /= max(len(neurons), 1)
+        return {
+            "batches": n_batches,
+            "iterations": self.iterations,
+            "alpha": self.alpha,
+            "update": self.update,
+            "steps": int(next(iter(neurons.values())).bias.shape[0]) if neurons else 0,
+            "seconds": round(seconds, 4),
+            "mean_abs_delta": round(float(per_iter[-1]), 8),
+            "mean_abs_delta_per_iteration": [round(float(v), 8) for v in per_iter],
+            "layers": layers,
+        }
+
+    def diagnostics(self) -> dict:
+        return self._diag
+
+
+@torch.no_grad()
+def naive_calibrate(
+    snn: SpikingNetwork,
+    ann: nn.Module,
+    batches: Iterable[torch.Tensor],
+    T_max: int,
+    time_chunk: int,
+    alpha: float,
+    iterations: int = 1,
+    update: str = "residual",
+) -> dict[str, torch.Tensor]:
+    """The references' cost structure, as a slow reference: for each batch and each layer l in order, one full ANN
+    forward (hook on l) and one full T_max-step SNN forward with all current biases (hook on l's input), then l is
+    calibrated locally over t with the same rule. Sets the biases on `snn` and returns {name: bias [T_max, C]}.
+    Controllers are removed from every neuron (the SNN forwards run without them)."""
+    update = _check_update(update)
+    batches = list(batches)
+    neurons = snn.neurons()
+    _check_T_independent(neurons)
+    acts = _activations(ann, list(neurons))
+    for neuron in neurons.values():
+        neuron.controller = None
+    _clear_biases(neurons)
+    with _eval_mode(ann, snn):
+        for _ in range(iterations):
+            for x in batches:
+                for name, neuron in neurons.items():
+                    target = ann_targets(ann, {name: acts[name]}, x, full=update == "oracle")[name]
+                    if neuron.bias.numel() == 0:
+                        _init_bias(neuron, T_max, target)
+                    seq = _input_sequence(snn, neuron, x, T_max, time_chunk)
+                    ctrl = FTBCController(alpha, update, T_max)
+                    ctrl.target = target
+                    theta = neuron.theta(seq.dim() - 1)
+                    v = neuron.initial_potential(seq)
+                    for t in range(T_max):
+                        s, m, _ = if_step(v, neuron.step_current(seq[t], t), theta)
+                        m, s, v = ctrl.step(neuron, t, seq[t], m, s, v)
+    return {n: neuron.bias.clone() for n, neuron in neurons.items()}
+
+
+def _input_sequence(snn: SpikingNetwork, neuron: IFNeuron, x, T: int, time_chunk: int) -> torch.Tensor:
+    """The input current of `neuron` at every step of a plain T-step simulation: [T, B, ...]."""
+    chunks: list[torch.Tensor] = []
+    handle = neuron.register_forward_pre_hook(lambda mod, args: chunks.append(mod.unfold(args[0]).clone()))
+    try:
+        snn(x, T, time_chunk)
+    finally:
+        handle.remove()
+    return torch.cat(chunks)
+
+
+class FTBCOffsetSpike(FTBC):
+    """FTBC biases plus COS initial-potential shifts (no published code combines them).
+
+    Calibration runs with COS active: each neuron's controller delegates ``initial_potential`` to a COS
+    controller (its rho-step pre-simulation includes the biases as they are at the start of that forward) and
+    ``on_step`` to the FTBC controller, so the biases correct what remains after the shift (the oracle rule, if
+    chosen, starts its oracle membrane from the COS v0). Simulations always run as one chunk of
+    ``sim_steps(T_max) = max(T_max, rho)`` steps, and the biases cover all of them. At inference ``attach``
+    installs the plain COS controllers, whose pre-simulation sees the final biases (so the deployed v0 is
+    recomputed from them: an approximation, since the biases were fitted with the v0 of the biases before each
+    pass; more iterations shrink the difference).
+    attach / sim_steps / latency come from OffsetSpike (COS latency: rho * passes + T). cfg: alpha, iterations,
+    update (FTBC) and rho, passes, eps (COS). diagnostics() = {"ftbc": calibration, "offset_spike": COS}.
+    """
+
+    name = "ftbc_offset_spike"
+    needs_full_sequence = True
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        self.cos = OffsetSpike(cfg)
+        self._cos_controller = OffsetSpikeController(self.cos.rho, self.cos.passes, self.cos.eps)
+
+    def _controller(self, ftbc: FTBCController):
+        return _FTBCWithCOS(self._cos_controller, ftbc)
+
+    def attach(self, snn: SpikingNetwork) -> None:
+        self.cos.attach(snn)
+
+    def sim_steps(self, T_max: int) -> int:
+        return self.cos.sim_steps(T_max)
+
+    def latency(self, T: int, n_spiking: int) -> dict[str, int]:
+        return self.cos.latency(T, n_spiking)
+
+    def diagnostics(self) -> dict:
+        return {"ftbc": self._diag, "offset_spike": self.cos.diagnostics()}
