@@ -1,0 +1,130 @@
+"""`run(cfg, out_dir)`: the whole pipeline for one composed config, top to bottom.
+
+data -> ANN (create, then load / train / cache) -> ReLU thresholds from calibration images -> convert ->
+method.calibrate (training-split batches) -> evaluate at every T from one simulation -> results.json / csv / png
+-> W&B. Returns the results dict (see `snnconv.report` for its keys).
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from snnconv import SnnconvError, __version__
+from snnconv.ann import act_layer, calibrate_thresholds
+from snnconv.data import build_loaders
+from snnconv.evaluate import evaluate
+from snnconv.methods import build_method
+from snnconv.models import create_model
+from snnconv.report import format_table, log_wandb, write_local
+from snnconv.snn import convert, default_time_chunk
+from snnconv.train import load_or_train
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; explicit names are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SnnconvError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SnnconvError(f"device={name!r} but CUDA is not available here; use device=auto or device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def calibration_batches(loaders, batches: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """The first `batches` batches of `batch_size` images from the (training-split) calibration subset."""
+    loader = DataLoader(loaders.calib.dataset, batch_size=batch_size, shuffle=False)
+    return [x.to(device) for x, _ in itertools.islice(loader, batches)]
+
+
+def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`."""
+    out_dir = Path(out_dir)
+    seed_everything(int(cfg.seed))
+    device = resolve_device(cfg.device)
+    T_list = sorted({int(t) for t in cfg.T})
+    T_max = T_list[-1]
+    timing: dict[str, float] = {}
+
+    loaders = build_loaders(cfg.data, seed=int(cfg.seed))
+    model = create_model(
+        cfg.arch.name,
+        act_layer=act_layer(cfg.ann),
+        num_classes=loaders.num_classes,
+        in_chans=loaders.in_chans,
+        img_size=cfg.data.img_size,
+        width=cfg.arch.width,
+        stem=cfg.arch.stem,
+        dropout=cfg.arch.dropout,
+    ).to(device)
+    ann_info = load_or_train(cfg, model, loaders.train, device, progress)
+    timing["train"] = round(ann_info.pop("seconds"), 3)
+    model.eval()
+
+    start = time.perf_counter()
+    thresholds = None
+    if cfg.ann.name == "relu":
+        thresholds = calibrate_thresholds(model, (x for x, _ in loaders.calib), cfg.ann.percentile, device)
+    example = next(iter(loaders.calib))[0][:1].to(device)
+    snn = convert(model, example)
+    n_spiking = len(snn.neurons())
+    method = build_method(cfg.method)
+    time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)
+    batches = calibration_batches(loaders, cfg.method.batches, cfg.method.batch_size, device)
+    method.calibrate(snn, model, batches, T_max, time_chunk)
+    timing["calibrate"] = round(time.perf_counter() - start, 3)
+
+    start = time.perf_counter()
+    ev = evaluate(snn, model, loaders.test, T_list, method, device, time_chunk, cfg.snn.eval_batches, progress)
+    timing["evaluate"] = round(time.perf_counter() - start, 3)
+
+    latency = {str(t): method.latency(t, n_spiking) for t in T_list}
+    results: dict = {
+        "method": cfg.method.name,
+        "ann": {"acc": ev["ann_acc"], **ann_info},
+        "snn": {"acc": ev["acc"], "agreement": ev["agreement"], "spiking_layers": n_spiking},
+        "latency_steps": {t: v["latency_steps"] for t, v in latency.items()},
+        "timing_s": timing,
+        "images": ev["images"],
+        "time_chunk": time_chunk,
+        "device": str(device),
+        "env": {"snnconv": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if any("pipelined_latency_steps" in v for v in latency.values()):
+        results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
+    if thresholds is not None:
+        results["ann"]["snn_thresholds"] = {k: round(v, 6) for k, v in thresholds.items()}
+    diag = method.diagnostics()
+    if cfg.method.name == "ftbc_offset_spike":
+        results.update({k: v for k, v in diag.items() if v})
+    elif diag:
+        results[cfg.method.name] = diag
+
+    write_local(out_dir, results)
+    log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)
+    if progress:
+        print(format_table(results))
+        print(f"results in {out_dir}")
+    return results
