@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test test-full lint bench clean-outputs
+.PHONY: help setup demo test test-full lint bench clean-outputs reproduce-cpu
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-22s %s\n", $$1, $$2}'
@@ -34,3 +34,20 @@ bench: $(STAMP)  ## simulation speed: SNN(T=32) time / (32 x ANN time), per time
 
 clean-outputs:  ## delete run outputs (keeps the checkpoint cache)
 	rm -rf outputs/20* multirun
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU-scale reproduction on Fashion-MNIST (this machine: 2 cores). Cached ANNs are reused when run again.
+CPU_OUT ?= outputs/reproduce-cpu
+CPU_EXPS := cpu_fmnist_vgg16w4_qcfs cpu_fmnist_resnet20_qcfs cpu_fmnist_vgg16w4_relu
+
+reproduce-cpu: $(STAMP)  ## Fashion-MNIST: 3 ANNs x {baseline, COS x1/x2, FTBC, FTBC+COS}, alpha sweep, tables in docs/results.md
+	@start=$$(date +%s); \
+	for exp in $(CPU_EXPS); do \
+	  $(PY) run.py -m experiment=$$exp method=baseline,ftbc,ftbc_offset_spike hydra.sweep.dir=$(CPU_OUT)/$$exp || exit 1; \
+	  $(PY) run.py -m experiment=$$exp method=offset_spike method.passes=1,2 hydra.sweep.dir=$(CPU_OUT)/$$exp/cos || exit 1; \
+	done; \
+	$(PY) run.py -m experiment=cpu_fmnist_vgg16w4_qcfs method=ftbc method.alpha=0.1,0.3,0.5,0.7 'T=[1,2,4,8]' \
+	  hydra.sweep.dir=$(CPU_OUT)/alpha_sweep || exit 1; \
+	$(PY) scripts/bench_simulation.py > $(CPU_OUT)/bench_simulation.txt; \
+	$(PY) scripts/bench_calibration.py > $(CPU_OUT)/bench_calibration.txt; \
+	$(PY) scripts/make_tables.py $(CPU_OUT) --out docs/results.md --wall-time $$(( $$(date +%s) - start ))

@@ -18,6 +18,16 @@ import torch.nn as nn
 from snnconv.snn import SpikingNetwork
 
 
+def option(cfg, key: str, default):
+    """cfg[key] for a DictConfig / dict, getattr for other objects (a DictConfig attribute such as `update`
+    would otherwise resolve to its bound method), `default` when absent or cfg is None."""
+    if cfg is None:
+        return default
+    if hasattr(cfg, "keys"):
+        return cfg[key] if key in cfg else default
+    return getattr(cfg, key, default)
+
+
 class Method:
     name = "baseline"
     needs_full_sequence = False  # True: every simulation must be one chunk (time_chunk = T)

@@ -65,7 +65,7 @@ import torch.nn as nn
 
 from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
-from snnconv.methods.base import Method
+from snnconv.methods.base import Method, option
 from snnconv.methods.offset_spike import OffsetSpike, OffsetSpikeController
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.neuron import IFNeuron, if_step
@@ -226,9 +226,9 @@ class FTBC(Method):
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self.alpha = float(getattr(cfg, "alpha", 0.5))
-        self.iterations = int(getattr(cfg, "iterations", 1))
-        self.update = _check_update(str(getattr(cfg, "update", "residual")))
+        self.alpha = float(option(cfg, "alpha", 0.5))
+        self.iterations = int(option(cfg, "iterations", 1))
+        self.update = _check_update(str(option(cfg, "update", "residual")))
         if self.alpha <= 0 or self.iterations < 1:
             raise SnnconvError(
                 f"ftbc needs alpha > 0 and iterations >= 1, got {self.alpha}, {self.iterations}"

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import torch
 
-from snnconv.methods.base import Method
+from snnconv.methods.base import Method, option
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.neuron import IFNeuron, if_step
 
@@ -180,9 +180,9 @@ class OffsetSpike(Method):
 
     def __init__(self, cfg=None, diagnose: bool = True):
         super().__init__(cfg)
-        self.rho = int(getattr(cfg, "rho", 4))
-        self.passes = int(getattr(cfg, "passes", 1))
-        self.eps = float(getattr(cfg, "eps", 0.001))
+        self.rho = int(option(cfg, "rho", 4))
+        self.passes = int(option(cfg, "passes", 1))
+        self.eps = float(option(cfg, "eps", 0.001))
         self.diagnose = diagnose
         self._stats: dict[str, _LayerStats] = {}
         OffsetSpikeController(self.rho, self.passes, self.eps)  # validates the values

@@ -1,0 +1,124 @@
+"""The pipeline end to end on the embedded digits: outputs are complete, W&B offline writes its run file, the
+checkpoint cache is reused, a converted QCFS network approaches its ANN as T grows, and user errors exit with
+one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from snnconv import SnnconvError
+from snnconv.config import register_configs, validate
+from snnconv.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=[f"checkpoint_dir={tmp_path / 'ckpt'}", *overrides])
+    validate(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A QCFS (L=4) VGG16 at width 1/4 trained on digits for 12 epochs (~40 s), evaluated up to T=64."""
+    tmp = tmp_path_factory.mktemp("digits")
+    cfg = make_cfg(
+        tmp, "arch=vgg16", "arch.width=0.25", "train.epochs=12", "T=[1,2,4,8,16,32,64]",
+        "logger=wandb", "logger.mode=offline",
+    )
+    start = time.perf_counter()
+    results = run(cfg, tmp / "run1", progress=False)
+    return tmp, cfg, results, time.perf_counter() - start
+
+
+def test_results_files_are_complete(trained):
+    tmp, cfg, results, _ = trained
+    out = tmp / "run1"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["ann"]["acc"] == results["ann"]["acc"] > 80
+    assert list(saved["snn"]["acc"]) == ["1", "2", "4", "8", "16", "32", "64"]
+    assert saved["latency_steps"] == {t: int(t) for t in saved["snn"]["acc"]}
+    assert set(saved["timing_s"]) == {"train", "calibrate", "evaluate"}
+    assert saved["config"]["arch"]["name"] == "vgg16" and saved["config"]["T"] == [1, 2, 4, 8, 16, 32, 64]
+    assert saved["ann"]["source"] == "trained" and saved["images"] == 360
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [int(r["T"]) for r in rows] == [1, 2, 4, 8, 16, 32, 64]
+    assert float(rows[-1]["snn_acc"]) == saved["snn"]["acc"]["64"]
+    assert (out / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_offline_wandb_run_file_is_written(trained):
+    tmp, *_ = trained
+    runs = list((tmp / "run1" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), list(runs[0].iterdir())
+
+
+def test_qcfs_snn_approaches_the_ann_as_T_grows(trained):
+    _, _, results, _ = trained
+    acc, agree, ann = results["snn"]["acc"], results["snn"]["agreement"], results["ann"]["acc"]
+    assert acc["64"] >= ann - 3.0, results
+    assert acc["64"] > acc["1"] + 10 and agree["64"] > agree["2"]
+    assert agree["64"] >= 90.0
+    assert min(acc[t] for t in ("16", "32", "64")) > max(acc[t] for t in ("1", "2"))
+
+
+def test_the_cache_trains_once_and_methods_reuse_it(trained):
+    tmp, _, first, _ = trained
+    cfg = make_cfg(tmp, "arch=vgg16", "arch.width=0.25", "train.epochs=12", "T=[1,2,4]", "method=offset_spike")
+    again = run(cfg, tmp / "run2", progress=False)
+    assert again["ann"]["source"] == "cache" and again["ann"]["acc"] == first["ann"]["acc"]
+    assert again["latency_steps"] == {"1": 5, "2": 6, "4": 8}
+    assert again["pipelined_latency_steps"]["4"] == again["snn"]["spiking_layers"] * 4 + 4
+    assert again["offset_spike"]["psi_zero_share_after"] >= again["offset_spike"]["psi_zero_share_before"]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(trained, tmp_path):
+    tmp, *_ = trained
+    ckpt = next((tmp / "ckpt").glob("*.pt"))
+    cfg = make_cfg(tmp_path, "arch=resnet20", f"ann.checkpoint={ckpt}", "T=[1]")
+    with pytest.raises(SnnconvError, match="does not fit .* missing keys"):
+        run(cfg, tmp_path / "out", progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    good = make_cfg(tmp_path, "arch=vgg16", "arch.width=0.25", f"ann.checkpoint={ckpt}", "T=[1]")
+    assert run(good, tmp_path / "out2", progress=False)["ann"]["source"] == "checkpoint"
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    bad = make_cfg(tmp_path, "arch=vgg16", "arch.width=0.25", f"ann.checkpoint={tmp_path / 'bad.pt'}", "T=[1]")
+    with pytest.raises(SnnconvError, match="unexpected keys extra.weight"):
+        run(bad, tmp_path / "out3", progress=False)
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={cwd / 'out'}", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_missing_data_set_exits_nonzero_with_one_line(tmp_path):
+    start = time.perf_counter()
+    proc = _run_cli("data=cifar100", "arch=vgg16", "data.root=/nonexistent", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert time.perf_counter() - start < 30
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "CIFAR-100" in lines[0] and "data.root=/nonexistent" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("override", ["T=4", "method=nonexistent", "'T=[0]'"])
+def test_bad_overrides_exit_nonzero_without_a_traceback(tmp_path, override):
+    proc = _run_cli(override.strip("'"), cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
