@@ -10,6 +10,7 @@ A user error (bad value, missing data, checkpoint that does not fit) prints one 
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,8 +22,39 @@ from snnconv.config import register_configs, validate
 register_configs()
 
 
+class _StartupErrors:
+    """Holds stderr until the task starts, so a composition error (unknown key, wrong type, missing option)
+    prints as one line instead of Hydra's multi-line report; everything after start-up passes straight through."""
+
+    def __init__(self, real: TextIO):
+        self.real, self.buffer = real, []
+
+    def write(self, text: str) -> int:
+        self.buffer.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def release(self) -> None:
+        """Task started: restore stderr and replay what start-up wrote."""
+        sys.stderr = self.real
+        self.real.write("".join(self.buffer))
+        self.buffer.clear()
+
+    def one_line(self) -> str:
+        text = "".join(self.buffer).split("Config search path")[0]  # Hydra's search-path dump is noise here
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return "; ".join(ln for ln in lines if "HYDRA_FULL_ERROR" not in ln) or "invalid command line"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    if isinstance(sys.stderr, _StartupErrors):
+        sys.stderr.release()
     try:
         validate(cfg)
         from snnconv.runner import run
@@ -37,4 +69,15 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    guard = sys.stderr = _StartupErrors(sys.stderr)
+    try:
+        main()
+    except SystemExit as exc:
+        if sys.stderr is guard and exc.code not in (0, None):
+            sys.stderr = guard.real
+            print(f"error: {guard.one_line()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    finally:
+        if sys.stderr is guard:
+            guard.release()

@@ -8,7 +8,6 @@ each layer's ANN input) so that every layer has non-trivial rates. Biases beta [
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 from types import SimpleNamespace
@@ -17,20 +16,16 @@ import pytest
 import torch
 import torch.nn as nn
 
+from nets import images
+from nets import random_ann as _ann
 from snnconv import SnnconvError
 from snnconv.ann.base import NeuronSpec, SourceActivation
-from snnconv.ann.qcfs import QCFS
-from snnconv.ann.relu import ReLUAct, calibrate_thresholds
-from snnconv.ann.rts import ThresholdReLU
 from snnconv.evaluate import evaluate
 from snnconv.methods import build_method
 from snnconv.methods.baseline import Baseline
 from snnconv.methods.ftbc import FTBC, FTBCController, FTBCOffsetSpike, channel_mean, naive_calibrate
 from snnconv.methods.offset_spike import OffsetSpike
-from snnconv.models import create_model
 from snnconv.snn import convert
-from nets import act_for, images
-from nets import random_ann as _ann
 
 
 def cfg(**kw):

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from nets import images, random_ann
 from torch.utils.data import DataLoader, TensorDataset
 
+from nets import images, random_ann
 from snnconv.ann.base import SourceActivation
 from snnconv.evaluate import evaluate
 from snnconv.methods.baseline import Baseline

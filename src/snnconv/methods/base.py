@@ -10,7 +10,7 @@ and reads latency(T, n_spiking) for the latency columns.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn

@@ -6,7 +6,7 @@ Every entry point takes `act_layer` (a zero-argument-capable factory for the ANN
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -1,0 +1,102 @@
+"""Read finished runs (every `results.json` under a directory, e.g. a Hydra multirun) and turn them into tables.
+
+A run is labelled by the config values that differ between the runs found (the swept keys), e.g.
+`method.alpha=0.3`; `pivot` gives {label: {T: acc}}, `markdown` and `plot` render it. Used by
+scripts/collect.py (one multirun -> one table + PNG) and scripts/make_tables.py (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# Config keys that never label a run (they differ between runs without changing what was measured).
+_IGNORED_PREFIXES = ("output_dir", "task_name", "logger.", "data.root", "device", "extra")
+
+
+def load_runs(root: str | Path) -> list[dict]:
+    """Every results.json below `root` (sorted by path), each with its directory under key `_dir`."""
+    runs = []
+    for path in sorted(Path(root).rglob("results.json")):
+        result = json.loads(path.read_text())
+        result["_dir"] = str(path.parent)
+        runs.append(result)
+    return runs
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(obj) if isinstance(obj, list) else obj}
+
+
+def swept_keys(runs: Iterable[Mapping]) -> list[str]:
+    """Config keys (dotted) whose value differs between runs."""
+    flats = [_flatten(r.get("config") or {}) for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1]
+    return [k for k in varying if not k.startswith(_IGNORED_PREFIXES)]
+
+
+def label(run: Mapping, keys: list[str]) -> str:
+    flat = _flatten(run.get("config") or {})
+    return ", ".join(f"{k}={flat.get(k)}" for k in keys) or str(run.get("method"))
+
+
+def pivot(runs: list[Mapping], keys: list[str] | None = None) -> tuple[list[str], list[int], dict]:
+    """(row labels, sorted T values, {label: {T: acc}}) over `runs`, rows labelled by `keys` (default: swept)."""
+    keys = swept_keys(runs) if keys is None else keys
+    table: dict[str, dict[int, float]] = {}
+    for r in runs:
+        table[label(r, keys)] = {int(t): v for t, v in r["snn"]["acc"].items()}
+    Ts = sorted({t for row in table.values() for t in row})
+    return list(table), Ts, table
+
+
+def _cell(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; floats with two decimals."""
+    fmt = [[_cell(c) if isinstance(c, float) else ("-" if c is None else str(c)) for c in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in fmt])
+
+
+def pivot_markdown(runs: list[Mapping], keys: list[str] | None = None) -> str:
+    labels, Ts, table = pivot(runs, keys)
+    anns = {r["ann"]["acc"] for r in runs}
+    rows = [[lab, *[table[lab].get(t) for t in Ts]] for lab in labels]
+    head = ["run"] + [f"T={t}" for t in Ts]
+    note = f"\n\nANN accuracy: {', '.join(f'{a:.2f}' for a in sorted(anns))} %" if anns else ""
+    return markdown(head, rows) + note
+
+
+def plot(series: Mapping[str, Mapping[int, float]], path: str | Path, title: str, ann: float | None = None) -> None:
+    """One accuracy-vs-T line per series (log2 T axis), optional ANN line; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, points in series.items():
+        Ts = sorted(points)
+        ax.plot(Ts, [points[t] for t in Ts], marker="o", label=name)
+    if ann is not None:
+        ax.axhline(ann, color="k", linestyle="--", label="ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("T (time steps)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
