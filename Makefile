@@ -51,3 +51,29 @@ reproduce-cpu: $(STAMP)  ## Fashion-MNIST: 3 ANNs x {baseline, COS x1/x2, FTBC, 
 	$(PY) scripts/bench_simulation.py > $(CPU_OUT)/bench_simulation.txt; \
 	$(PY) scripts/bench_calibration.py > $(CPU_OUT)/bench_calibration.txt; \
 	$(PY) scripts/make_tables.py $(CPU_OUT) --out docs/results.md --wall-time $$(( $$(date +%s) - start ))
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published rows (GPU machines): make reproduce-<data>-<arch>-<method>, e.g. reproduce-cifar100-vgg16-cos.
+# <method>: baseline | cos | ftbc (QCFS ANN) | ftbc_relu ("Ours*") | ftbc_rts ("+RTS"); presets: conf/experiment/.
+# Extra overrides: make reproduce-cifar100-vgg16-cos ARGS='data.root=/datasets device=cuda:1'
+METHOD_baseline := baseline
+METHOD_cos := offset_spike
+METHOD_ftbc := ftbc
+METHOD_ftbc_relu := ftbc
+METHOD_ftbc_rts := ftbc
+SRC_baseline := qcfs
+SRC_cos := qcfs
+SRC_ftbc := qcfs
+SRC_ftbc_relu := relu
+SRC_ftbc_rts := rts
+GPU_TARGETS := $(foreach r,cifar100-vgg16 cifar100-resnet20 cifar10-vgg16 cifar10-resnet20 imagenet-vgg16 imagenet-resnet34,\
+  $(foreach m,baseline cos ftbc,reproduce-$(r)-$(m))) reproduce-imagenet-vgg16-ftbc_relu reproduce-imagenet-resnet34-ftbc_relu \
+  reproduce-imagenet-vgg16-ftbc_rts
+.PHONY: $(GPU_TARGETS) list-reproduce
+
+list-reproduce:  ## list the reproduce-<data>-<arch>-<method> targets of the published rows (GPU)
+	@printf '%s\n' $(GPU_TARGETS)
+
+$(GPU_TARGETS): reproduce-%: $(STAMP)
+	$(eval W := $(subst -, ,$*))
+	$(PY) run.py experiment=$(word 1,$(W))_$(word 2,$(W))_$(SRC_$(word 3,$(W))) method=$(METHOD_$(word 3,$(W))) $(ARGS)

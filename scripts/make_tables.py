@@ -87,6 +87,38 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
     return "\n".join(lines)
 
 
+def load_paper_results(conf_dir: Path) -> dict:
+    """{preset: {method: {"ann", "acc": {T: %}, "source"}}} from conf/paper_results/*.yaml."""
+    import yaml
+
+    merged: dict = {}
+    for f in sorted(conf_dir.glob("*.yaml")):
+        for preset, methods in (yaml.safe_load(f.read_text()) or {}).items():
+            if preset == "psi":
+                continue
+            for method, rec in methods.items():
+                merged.setdefault(preset, {})[method] = {**rec, "source": f.stem}
+    return merged
+
+
+def paper_section(runs: list[dict], paper: dict) -> str:
+    """Our number, the paper's and the difference per T, for runs of a preset with published numbers."""
+    parts = []
+    for r in runs:
+        preset = str(r["config"].get("task_name", "")).rsplit("-", 1)[0]
+        ref = paper.get(preset, {}).get(r["method"])
+        if not ref:
+            continue
+        Ts = sorted({int(t) for t in r["snn"]["acc"]} | {int(t) for t in ref["acc"]})
+        rows = [["ANN", r["ann"]["acc"], ref["ann"], r["ann"]["acc"] - ref["ann"]]]
+        for t in Ts:
+            ours, theirs = r["snn"]["acc"].get(str(t)), ref["acc"].get(t)
+            rows.append([f"T={t}", ours, theirs, None if ours is None or theirs is None else ours - theirs])
+        parts += [f"### {preset}, {r['method']} (paper: {ref['source']})", "",
+                  markdown(["", "ours", "paper", "ours - paper"], rows), ""]
+    return "\n".join(parts)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path)
@@ -119,6 +151,9 @@ def main() -> int:
     sweep = args.root / "alpha_sweep"
     if sweep.is_dir() and load_runs(sweep):
         parts += ["## FTBC step size alpha (VGG16 w/4, QCFS L=4)", "", pivot_markdown(load_runs(sweep), ["method.alpha"]), ""]
+    paper = paper_section(load_runs(args.root), load_paper_results(Path(__file__).resolve().parents[1] / "conf" / "paper_results"))
+    if paper:
+        parts += ["## Against the published numbers", "", paper]
     for bench in ("bench_simulation", "bench_calibration"):
         f = args.root / f"{bench}.txt"
         if f.is_file():

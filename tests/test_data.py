@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-import pickle
 import struct
 import time
 import urllib.error
@@ -15,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from PIL import Image
 from torchvision import datasets
 
+from fake_data import cifar_images, write_imagefolder, write_pickle
 from snnconv import SnnconvError, data
 from snnconv.config import DataConfig
 
@@ -139,19 +137,6 @@ def test_config_errors():
 # ---------------------------------------------------------------------------------------------------- CIFAR
 
 
-def write_pickle(path, obj):
-    # Real CIFAR files are Python-2 pickles whose str keys torchvision reads (encoding="latin1") as str "data",
-    # "labels", ...; a Python-3 pickle must therefore use str keys (b"data" would load as bytes and not be found).
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def cifar_images(rng, n):
-    """uint8 [n, 3072] in CIFAR's row layout (R plane, G plane, B plane, each 32×32 row-major)."""
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
 @pytest.fixture
 def cifar10_root(tmp_path, monkeypatch):
     """Six tiny CIFAR-10 batches on disk; returns (root, train images, train labels, test images, test labels)."""
@@ -270,11 +255,7 @@ COLOURS = {"n01440764": (200, 30, 10), "n01443537": (10, 60, 250)}  # class fold
 
 @pytest.fixture
 def imagenet_root(tmp_path):
-    for split in ("train", "val"):
-        for wnid, colour in COLOURS.items():
-            (tmp_path / split / wnid).mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (40 + 8 * i, 48), colour).save(tmp_path / split / wnid / f"img{i}.png")
+    write_imagefolder(tmp_path, COLOURS)
     return tmp_path
 
 
