@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_data import write_cifar10, write_cifar100, write_imagefolder
 from hydra import compose, initialize_config_dir
 
+from fake_data import write_cifar10, write_cifar100, write_imagefolder
 from snnconv import data as data_module
 from snnconv.config import register_configs, validate
 from snnconv.runner import run
