@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from snnconv.methods.base import Method
+from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 
 
@@ -46,7 +46,7 @@ def evaluate(
     agree = torch.zeros(len(T_list), dtype=torch.long)
     ann_correct, n = 0, 0
     total = min(len(loader), max_batches) if max_batches else len(loader)
-    for i, (x, y) in enumerate(tqdm(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+    for i, (x, y) in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
         if max_batches and i >= max_batches:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from snnconv import SnnconvError
 from snnconv.ann import QCFS
+from snnconv.progress import progress_bar
 
 # Fields that do not change the trained weights: excluded from the cache key.
 _DATA_IGNORED = ("root", "download", "test_batch_size", "num_workers", "calib_size", "limit_test")
@@ -76,7 +76,7 @@ def train_ann(model: nn.Module, loader, train_cfg, device: torch.device, progres
     model.train()
     for epoch in range(epochs):
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"train {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(loader, total=steps_per_epoch, desc=f"train {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for i, (x, y) in enumerate(bar):
             if i >= steps_per_epoch:
                 break
