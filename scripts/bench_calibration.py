@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 from types import SimpleNamespace
 
 import torch
@@ -24,6 +22,7 @@ from snnconv.ann.qcfs import QCFS
 from snnconv.methods.ftbc import FTBC, naive_calibrate
 from snnconv.models import create_model
 from snnconv.snn import convert, default_time_chunk
+from snnconv.timing import median_time
 
 
 def make_images(n: int, batch: int, digits: bool, seed: int) -> list[torch.Tensor]:
@@ -56,17 +55,6 @@ def make_ann(width: float, warmup: list[torch.Tensor]) -> torch.nn.Module:
     for x in warmup:
         ann(x)
     return ann.eval()
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -116,9 +104,9 @@ def main() -> None:
         def naive(T=T, chunk=chunk):
             naive_calibrate(snn, ann, batches, T, chunk, alpha=0.5, iterations=1, update=args.update)
 
-        t_stream = timed(streaming, args.repeats)
-        t_fwd = timed(forward, args.repeats)  # with the calibrated biases in place
-        t_naive = timed(naive, args.naive_repeats, warmup=0)
+        t_stream = median_time(streaming, args.repeats)
+        t_fwd = median_time(forward, args.repeats)  # with the calibrated biases in place
+        t_naive = median_time(naive, args.naive_repeats, warmup=0)
         rate = spike_rate(snn, batches[0], T, chunk)
         print(
             f"{T:>4} {chunk:>5} {t_fwd:>10.3f} {t_stream:>12.3f} {t_naive:>9.3f} {t_naive / t_stream:>13.2f} "

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import torch
 
 from snnconv.ann import QCFS
 from snnconv.models import create_model
 from snnconv.snn import convert, default_time_chunk
+from snnconv.timing import median_time
 
 
 def load_images(n: int) -> torch.Tensor:
@@ -33,16 +32,6 @@ def load_images(n: int) -> torch.Tensor:
         return x, "Fashion-MNIST test"
     except Exception:
         return torch.rand(n, 1, 32, 32) * 2 - 1, "random"
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -81,12 +70,12 @@ def main() -> None:
             snn(b, args.T, chunk)
         sync()
 
-    t_ann = timed(run_ann, args.repeats)
+    t_ann = median_time(run_ann, args.repeats)
     print(f"{args.arch} (width {args.width}), {len(x)} {source} images, batch {args.batch}, T={args.T}, "
           f"device {device}, {torch.get_num_threads()} threads; ANN pass {t_ann:.3f} s")
     print("time_chunk | SNN(T) / (T x ANN)")
     for chunk in [int(c) for c in args.chunks.split(",") if int(c) <= args.T]:
-        ratio = timed(functools.partial(run_snn, chunk), args.repeats) / (args.T * t_ann)
+        ratio = median_time(functools.partial(run_snn, chunk), args.repeats) / (args.T * t_ann)
         print(f"{chunk:>10} | {ratio:.3f}")
     print(f"default time_chunk on {device.type}: {default_time_chunk(device, args.T)}")
 

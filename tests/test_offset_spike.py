@@ -6,19 +6,18 @@ Units: theta absolute; inputs are per-step currents. Counts are compared on the 
 
 from __future__ import annotations
 
-import functools
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from nets import images, random_ann
 from snnconv.ann.base import NeuronSpec
 from snnconv.ann.qcfs import QCFS, qcfs
 from snnconv.evaluate import evaluate
 from snnconv.methods import build_method
 from snnconv.methods.offset_spike import OffsetSpike, OffsetSpikeController, _LayerStats
-from snnconv.models import create_model
 from snnconv.snn import convert
 from snnconv.snn.neuron import IFNeuron, SimContext
 
@@ -211,32 +210,8 @@ B_NET = 6
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    ann = create_model(
-        "vgg16",
-        act_layer=functools.partial(QCFS, L=4, init_threshold=1.0),
-        num_classes=10,
-        in_chans=1,
-        img_size=32,
-        width=0.125,
-    ).eval()
-    with torch.no_grad():
-        for m in ann.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.8, 1.2)
-                m.bias.uniform_(-0.1, 0.2)
-    x = torch.rand(B_NET, 1, 32, 32) * 2 - 1
-
-    def set_threshold(mod, args):  # lambda = 95th percentile of this layer's ANN input, layer by layer
-        mod.threshold.data.fill_(float(torch.quantile(args[0].flatten(), 0.95).clamp_min(1e-2)))
-
-    hooks = [m.register_forward_pre_hook(set_threshold) for m in ann.modules() if isinstance(m, QCFS)]
-    with torch.no_grad():
-        ann(x)
-    for h in hooks:
-        h.remove()
+    ann = random_ann("vgg16")  # width 1/8, lambda = 95th percentile of each layer's ANN input
+    x = images(B_NET, 3)
     return ann, x, convert(ann, x[:1])
 
 
