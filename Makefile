@@ -36,18 +36,21 @@ clean-outputs:  ## delete run outputs (keeps the checkpoint cache)
 	rm -rf outputs/20* multirun
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU-scale reproduction on Fashion-MNIST (this machine: 2 cores). Cached ANNs are reused when run again.
+# CPU-scale reproduction on Fashion-MNIST (this machine: 2 cores). Cached ANNs are reused, and so is every sweep
+# that finished (marked by a .done file): delete $(CPU_OUT) to measure everything again.
 CPU_OUT ?= outputs/reproduce-cpu
-CPU_EXPS := cpu_fmnist_vgg16w4_qcfs cpu_fmnist_resnet20_qcfs cpu_fmnist_vgg16w4_relu
+CPU_QCFS := cpu_fmnist_vgg16w4_qcfs cpu_fmnist_resnet20_qcfs
 
-reproduce-cpu: $(STAMP)  ## Fashion-MNIST: 3 ANNs x {baseline, COS x1/x2, FTBC, FTBC+COS}, alpha sweep, tables in docs/results.md
-	@start=$$(date +%s); \
-	for exp in $(CPU_EXPS); do \
-	  $(PY) run.py -m experiment=$$exp method=baseline,ftbc,ftbc_offset_spike hydra.sweep.dir=$(CPU_OUT)/$$exp || exit 1; \
-	  $(PY) run.py -m experiment=$$exp method=offset_spike method.passes=1,2 hydra.sweep.dir=$(CPU_OUT)/$$exp/cos || exit 1; \
+reproduce-cpu: $(STAMP)  ## Fashion-MNIST: 3 ANNs x {baseline, COS x1/x2, FTBC, FTBC+COS}, alpha sweep, benchmarks -> docs/results.md
+	@set -e; start=$$(date +%s); \
+	sweep() { d=$(CPU_OUT)/$$1; shift; \
+	  if [ -f $$d/.done ]; then echo "reusing $$d"; else $(PY) run.py -m "$$@" hydra.sweep.dir=$$d && touch $$d/.done; fi; }; \
+	for exp in $(CPU_QCFS); do \
+	  sweep $$exp experiment=$$exp method=baseline,ftbc,ftbc_offset_spike; \
+	  sweep $$exp/cos experiment=$$exp method=offset_spike method.passes=1,2; \
 	done; \
-	$(PY) run.py -m experiment=cpu_fmnist_vgg16w4_qcfs method=ftbc method.alpha=0.1,0.3,0.5,0.7 'T=[1,2,4,8]' \
-	  hydra.sweep.dir=$(CPU_OUT)/alpha_sweep || exit 1; \
+	sweep cpu_fmnist_vgg16w4_relu experiment=cpu_fmnist_vgg16w4_relu method=baseline,ftbc,ftbc_offset_spike; \
+	sweep alpha_sweep experiment=cpu_fmnist_vgg16w4_qcfs method=ftbc method.alpha=0.1,0.3,0.5,0.7 'T=[1,2,4,8]'; \
 	$(PY) scripts/bench_simulation.py > $(CPU_OUT)/bench_simulation.txt; \
 	$(PY) scripts/bench_calibration.py > $(CPU_OUT)/bench_calibration.txt; \
 	$(PY) scripts/make_tables.py $(CPU_OUT) --out docs/results.md --wall-time $$(( $$(date +%s) - start ))
