@@ -2,7 +2,8 @@
 
 A ratio of 1.0 means a simulated step costs exactly one ANN forward; below 1.0 the static first layer (computed
 once) and cheap neuron updates win. Images: Fashion-MNIST test images when available, else random ones (the
-cost does not depend on the values). Each configuration is warmed up, then timed `--repeats` times; medians.
+cost does not depend on the values). Each configuration is warmed up on one batch, then timed over all images
+`--repeats` times (median).
 
     python scripts/bench_simulation.py [--arch resnet20] [--images 2000] [--batch 100] [--T 32]
 """
@@ -42,8 +43,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--T", type=int, default=32)
-    p.add_argument("--chunks", default="1,2,4,8,32")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunks", default="1,8,32")
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     args = p.parse_args()
     if args.threads:
@@ -60,22 +61,24 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def run_ann():
+    def run_ann(batches=batches):
         for b in batches:
             ann(b)
         sync()
 
-    def run_snn(chunk):
+    def run_snn(chunk, batches=batches):
         for b in batches:
             snn(b, args.T, chunk)
         sync()
 
-    t_ann = median_time(run_ann, args.repeats)
+    run_ann(batches[:1])  # warm-up on one batch (allocator, thread pool)
+    t_ann = median_time(run_ann, max(3, args.repeats), warmup=0)
     print(f"{args.arch} (width {args.width}), {len(x)} {source} images, batch {args.batch}, T={args.T}, "
           f"device {device}, {torch.get_num_threads()} threads; ANN pass {t_ann:.3f} s")
     print("time_chunk | SNN(T) / (T x ANN)")
     for chunk in [int(c) for c in args.chunks.split(",") if int(c) <= args.T]:
-        ratio = median_time(functools.partial(run_snn, chunk), args.repeats) / (args.T * t_ann)
+        run_snn(chunk, batches[:1])
+        ratio = median_time(functools.partial(run_snn, chunk), args.repeats, warmup=0) / (args.T * t_ann)
         print(f"{chunk:>10} | {ratio:.3f}")
     print(f"default time_chunk on {device.type}: {default_time_chunk(device, args.T)}")
 
