@@ -299,7 +299,7 @@ def test_protocol_diagnostics_and_clean_state():
     ann, snn = build("vgg16")
     modes = [m.training for m in snn.modules()] + [m.training for m in ann.modules()]
     method = build_method(SimpleNamespace(**vars(cfg(name="ftbc", iterations=2))))
-    assert isinstance(method, FTBC) and method.name == "ftbc" and not method.needs_full_sequence
+    assert isinstance(method, FTBC) and method.name == "ftbc" and method.first_chunk == 0
     assert method.sim_steps(8) == 8 and method.latency(8, 15) == {"latency_steps": 8}
     diag = method.calibrate(
         snn, ann, (x for x in [images(4, 17), images(4, 18)]), 6, 2
@@ -349,7 +349,7 @@ def test_ftbc_offset_spike_protocol_and_T_below_rho():
     assert (
         isinstance(method, FTBCOffsetSpike)
         and method.name == "ftbc_offset_spike"
-        and method.needs_full_sequence
+        and method.first_chunk == 4
     )
     for T in (1, 4, 16):
         assert method.sim_steps(T) == cos.sim_steps(T) and method.latency(T, 15) == cos.latency(T, 15)
@@ -366,3 +366,14 @@ def test_ftbc_offset_spike_protocol_and_T_below_rho():
         out["ftbc"]["steps"] == 4
         and out["offset_spike"]["psi_mse_after"] <= out["offset_spike"]["psi_mse_before"]
     )
+
+
+def test_ftbc_offset_spike_calibration_does_not_depend_on_the_chunk():
+    """Only the first rho steps must share a chunk (COS pre-simulation); the biases are the same either way."""
+    ann, snn_a = build("vgg16")
+    _, snn_b = build("vgg16")
+    batches = [images(4, 31), images(4, 32)]
+    FTBCOffsetSpike(cfg(name="ftbc_offset_spike")).calibrate(snn_a, ann, batches, 8, 8)
+    FTBCOffsetSpike(cfg(name="ftbc_offset_spike")).calibrate(snn_b, ann, batches, 8, 1)
+    assert_biases_close(biases(snn_a), biases(snn_b), atol=1e-5)
+    assert any(b.abs().sum() > 0 for b in biases(snn_a).values())

@@ -281,6 +281,19 @@ def test_network_matches_slow_reference(net, passes):
     assert sum(diag["total"]["shift_down_share"]) + sum(diag["total"]["shift_up_share"]) > 0
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_only_the_first_rho_steps_need_one_chunk(net, chunk):
+    """COS reads a layer's first rho inputs; later steps may run one at a time (the fast layout on CPUs)."""
+    ann, x, snn = net
+    method = OffsetSpike(cfg(4, 2))
+    method.attach(snn)
+    with torch.no_grad():
+        whole = snn(x, 8, 8)
+        chunked = snn(x, 8, chunk, first_chunk=method.first_chunk)
+    assert torch.allclose(chunked, whole, atol=1e-5, rtol=0)
+    assert torch.allclose(whole, network_reference(ann, x, 8, 4, 2), atol=1e-5, rtol=0)
+
+
 def test_T_below_rho_is_a_prefix_of_the_calibrated_run(net):
     ann, x, snn = net
     method = OffsetSpike(cfg(4, 1))
@@ -304,7 +317,7 @@ def test_T_below_rho_is_a_prefix_of_the_calibrated_run(net):
 # ------------------------------------------------------------------------------- protocol, diagnostics
 def test_latency_sim_steps_and_registry():
     m = OffsetSpike(cfg(rho=4, passes=2))
-    assert m.name == "offset_spike" and m.needs_full_sequence
+    assert m.name == "offset_spike" and m.first_chunk == 4
     assert m.sim_steps(1) == 4 and m.sim_steps(4) == 4 and m.sim_steps(32) == 32
     assert m.latency(1, 15) == {"latency_steps": 9, "pipelined_latency_steps": 121}
     assert OffsetSpike(cfg(rho=8, passes=1)).latency(16, 15) == {

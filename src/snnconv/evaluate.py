@@ -55,8 +55,8 @@ def evaluate(
         preds = []
         for group in groups:
             steps = method.sim_steps(max(group))
-            chunk = steps if method.needs_full_sequence else time_chunk
-            preds.append(correct_per_step(snn(x, steps, chunk), y, group))
+            out = snn(x, steps, time_chunk, first_chunk=method.first_chunk)
+            preds.append(correct_per_step(out, y, group))
         pred = torch.cat(preds)
         correct += (pred == y).sum(1).cpu()
         agree += (pred == ann_pred).sum(1).cpu()

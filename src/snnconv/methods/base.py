@@ -3,7 +3,7 @@
 The runner calls, in order:
   calibrate(snn, ann, batches, T_max, time_chunk) -> dict     training-split batches only; fills buffers (FTBC)
   attach(snn)                                                 install inference-time controllers (COS)
-  ... evaluation: snn(x, sim_steps(T_max), time_chunk) ...
+  ... evaluation: snn(x, sim_steps(T_max), time_chunk, first_chunk) ...
   diagnostics() -> dict                                       JSON-able, goes to results.json under `name`
 and reads latency(T, n_spiking) for the latency columns.
 """
@@ -30,7 +30,7 @@ def option(cfg, key: str, default):
 
 class Method:
     name = "baseline"
-    needs_full_sequence = False  # True: every simulation must be one chunk (time_chunk = T)
+    first_chunk = 0  # steps the first chunk of every simulation must hold (COS: rho), 0 = no constraint
 
     def __init__(self, cfg=None):
         self.cfg = cfg

@@ -222,7 +222,6 @@ class FTBC(Method):
     calibration batches), update (residual | oracle); the runner supplies cfg.batches batches of cfg.batch_size."""
 
     name = "ftbc"
-    needs_full_sequence = False
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -255,7 +254,6 @@ class FTBC(Method):
         _check_T_independent(neurons)
         acts = _activations(ann, list(neurons))
         steps = self.sim_steps(T_max)
-        chunk = steps if self.needs_full_sequence else time_chunk
         ctrls = {n: FTBCController(self.alpha, self.update, steps, self.iterations) for n in neurons}
         _clear_biases(neurons)
         try:
@@ -269,7 +267,7 @@ class FTBC(Method):
                             ctrl = ctrls[name]
                             ctrl.target, ctrl.record = targets[name], it
                             neuron.controller = self._controller(ctrl)
-                        snn(x, steps, chunk)
+                        snn(x, steps, time_chunk, self.first_chunk)
                         for ctrl in ctrls.values():
                             ctrl.target = ctrl._v = ctrl._v_oracle = None
         finally:
@@ -365,8 +363,8 @@ class FTBCOffsetSpike(FTBC):
     Calibration runs with COS active: each neuron's controller delegates ``initial_potential`` to a COS
     controller (its rho-step pre-simulation includes the biases as they are at the start of that forward) and
     ``on_step`` to the FTBC controller, so the biases correct what remains after the shift (the oracle rule, if
-    chosen, starts its oracle membrane from the COS v0). Simulations always run as one chunk of
-    ``sim_steps(T_max) = max(T_max, rho)`` steps, and the biases cover all of them. At inference ``attach``
+    chosen, starts its oracle membrane from the COS v0). Simulations run ``sim_steps(T_max) = max(T_max, rho)``
+    steps (the first rho in one chunk, for the pre-simulation), and the biases cover all of them. At inference ``attach``
     installs the plain COS controllers, whose pre-simulation sees the final biases (so the deployed v0 is
     recomputed from them: an approximation, since the biases were fitted with the v0 of the biases before each
     pass; more iterations shrink the difference).
@@ -375,11 +373,11 @@ class FTBCOffsetSpike(FTBC):
     """
 
     name = "ftbc_offset_spike"
-    needs_full_sequence = True
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
         self.cos = OffsetSpike(cfg)
+        self.first_chunk = self.cos.first_chunk
         self._cos_controller = OffsetSpikeController(self.cos.rho, self.cos.passes, self.cos.eps)
 
     def _controller(self, ftbc: FTBCController):

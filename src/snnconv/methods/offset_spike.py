@@ -176,13 +176,13 @@ class OffsetSpike(Method):
     """
 
     name = "offset_spike"
-    needs_full_sequence = True
 
     def __init__(self, cfg=None, diagnose: bool = True):
         super().__init__(cfg)
         self.rho = int(option(cfg, "rho", 4))
         self.passes = int(option(cfg, "passes", 1))
         self.eps = float(option(cfg, "eps", 0.001))
+        self.first_chunk = self.rho  # the pre-simulation reads a layer's first rho inputs in one call
         self.diagnose = diagnose
         self._stats: dict[str, _LayerStats] = {}
         OffsetSpikeController(self.rho, self.passes, self.eps)  # validates the values

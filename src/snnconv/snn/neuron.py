@@ -11,7 +11,7 @@ unfolds it to [k, B, ...] and loops over t. State (v, step count) persists acros
 `SpikingNetwork` resets it at the start of every simulation, so users never call a reset.
 
 Hooks (the neuron exposes them, the algorithms live in `snnconv.methods`): `controller` may define
-  initial_potential(neuron, inputs[k, B, ...]) -> v0 tensor [B, ...]   (needs the whole simulation in one chunk)
+  initial_potential(neuron, inputs[k, B, ...]) -> v0 tensor [B, ...]   (sees the first chunk, see first_chunk)
   on_step(neuron, t, current, m, s) -> (m, s)                          (may change m and re-fire, e.g. FTBC)
 """
 

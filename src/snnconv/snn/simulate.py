@@ -54,17 +54,24 @@ class SpikingNetwork(nn.Module):
             elif isinstance(m, StaticMemo):
                 m.clear()
 
-    def forward(self, x: torch.Tensor, T: int, time_chunk: int | None = None) -> torch.Tensor:
-        """x: [B, ...] static input; returns the output layer at every step, [T, B, classes]."""
+    def forward(self, x: torch.Tensor, T: int, time_chunk: int | None = None, first_chunk: int = 0) -> torch.Tensor:
+        """x: [B, ...] static input; returns the output layer at every step, [T, B, classes].
+
+        Steps run `time_chunk` at a time, except the first chunk, which holds at least `first_chunk` steps
+        (COS pre-simulates on a layer's first rho inputs, so it needs them in one call; later steps are ordinary).
+        """
         k = max(1, min(time_chunk or default_time_chunk(x.device, T), T))
+        first = min(T, max(k, int(first_chunk)))
         B = x.shape[0]
         self.ctx.batch, self.ctx.total_steps = B, T
         self.ctx.sim_id += 1
         self.reset()
         outs = []
         try:
-            for t0 in range(0, T, k):
-                self.ctx.chunk = min(k, T - t0)
+            t0 = 0
+            while t0 < T:
+                self.ctx.chunk = first if t0 == 0 else min(k, T - t0)
+                t0 += self.ctx.chunk
                 y = self.net(x)
                 if y.shape[0] == B and self.ctx.chunk > 1:  # no spiking layer on the path: static output
                     y = y.unsqueeze(0).expand(self.ctx.chunk, *y.shape).reshape(-1, *y.shape[1:])
