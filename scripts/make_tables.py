@@ -45,15 +45,15 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
     any_run = next(iter(by_col.values()))
     Ts = sorted({int(t) for r in by_col.values() for t in r["snn"]["acc"]}, key=int)
     cols = [h for h, _, _ in COLUMNS if h in by_col]
-    headers = ["T", "ANN"] + [f"{h} (latency)" if "pipelined_latency_steps" in by_col[h] else h for h in cols]
+    headers = ["T", "ANN"] + [f"{h} (latency / pipelined)" if "pipelined_latency_steps" in by_col[h] else h for h in cols]
     rows = []
     for t in Ts:
         row = [t, any_run["ann"]["acc"]]
         for h in cols:
             r = by_col[h]
             acc = r["snn"]["acc"].get(str(t))
-            lat = r["latency_steps"].get(str(t))
-            row.append(f"{acc:.2f} ({lat})" if "pipelined_latency_steps" in r and acc is not None else acc)
+            lat, pipe = r["latency_steps"].get(str(t)), r.get("pipelined_latency_steps", {}).get(str(t))
+            row.append(f"{acc:.2f} ({lat} / {pipe})" if pipe is not None and acc is not None else acc)
         rows.append(row)
     cfg = any_run["config"]
     lines = [
@@ -63,7 +63,7 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
         + (f" L={cfg['ann']['L']}" if cfg["ann"]["name"] == "qcfs" else f" percentile {cfg['ann']['percentile']}")
         + f", {cfg['train']['epochs']} epochs; {any_run['images']} test images; "
         f"{any_run['snn']['spiking_layers']} spiking layers. Accuracy in %; (latency) = steps each layer "
-        "integrates, rho*passes + T for COS.",
+        "integrates, rho*passes + T for COS; pipelined = N*rho*passes + T for a layer-pipelined deployment.",
         "",
         markdown(headers, rows),
         "",
@@ -75,9 +75,10 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
         prow = []
         for h, d in cos:
             total = d.get("total", {})
-            prow.append([h, " / ".join(f"{v:.1f}" for v in total.get("psi_zero_share", [])),
-                         " / ".join(f"{v:.3f}" for v in total.get("psi_mse", []))])
-        lines += [markdown(["run", "psi=0 share % (before / after pass k)", "mean psi^2"], prow), ""]
+            prow.append([h, " / ".join(f"{v:.3f}" for v in total.get("psi_zero_share", [])),
+                         " / ".join(f"{v:.4f}" for v in total.get("psi_mse", [])),
+                         " / ".join(f"{v:.2f}" for v in total.get("saturated_unshifted_share", []))])
+        lines += [markdown(["run", "psi=0 share % (before / after pass k)", "mean psi^2", "saturated, left unshifted %"], prow), ""]
     timing = [[h, by_col[h]["timing_s"].get("calibrate"), by_col[h]["timing_s"].get("evaluate")] for h in cols]
     lines += ["Wall time (s) per run: calibration (thresholds, conversion, method) and evaluation.", "",
               markdown(["run", "calibrate s", "evaluate s"], timing), ""]

@@ -50,9 +50,9 @@ def test_make_tables_puts_methods_side_by_side_with_latency(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(tmp_path), "--out", str(out),
                     "--wall-time", "120"], check=True, capture_output=True)
     text = out.read_text()
-    assert "| T | ANN | baseline | COS x1 (latency) | COS x2 (latency) |" in text
-    assert "| 1 | 90.00 | 10.00 | 70.00 (5) | 75.00 (9) |" in text
-    assert "80.0 / 95.0" in text and "2.0 min" in text and "summed over the 3 runs: 0.1 min" in text
+    assert "| T | ANN | baseline | COS x1 (latency / pipelined) | COS x2 (latency / pipelined) |" in text
+    assert "| 1 | 90.00 | 10.00 | 70.00 (5 / 61) | 75.00 (9 / 121) |" in text
+    assert "80.000 / 95.000" in text and "2.0 min" in text and "summed over the 3 runs: 0.1 min" in text
     assert (out.parent / "results_cpu_exp.png").is_file()
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(tmp_path / "nothing")],
                          capture_output=True, text=True)
