@@ -154,7 +154,11 @@ def main() -> int:
             parts.append(section)
     sweep = args.root / "alpha_sweep"
     if sweep.is_dir() and load_runs(sweep):
-        parts += ["## FTBC step size alpha (VGG16 w/4, QCFS L=4)", "", pivot_markdown(load_runs(sweep), ["method.alpha"]), ""]
+        sweep_runs = load_runs(sweep)
+        n_images = sorted({r["images"] for r in sweep_runs})
+        parts += ["## FTBC step size alpha (VGG16 w/4, QCFS L=4)", "",
+                  f"Test images per run: {', '.join(map(str, n_images))}; one iteration over 4 x 128 training images.", "",
+                  pivot_markdown(sweep_runs, ["method.alpha"]), ""]
     paper = paper_section(all_runs, load_paper_results(Path(__file__).resolve().parents[1] / "conf" / "paper_results"))
     if paper:
         parts += ["## Against the published numbers", "", paper]
