@@ -322,7 +322,13 @@ def _cifar(cfg: Any, cls: type, label: str) -> Splits:
         aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
     if cfg.augment == "autoaugment":
         aug.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
-    test_tf = T.Compose([T.ToTensor(), *_post_tensor(cfg, train=False)])
+    return _pil_splits(train, test, aug, [], cfg)
+
+
+def _pil_splits(train: Dataset, test: Dataset, aug: list[Callable], test_pre: list[Callable], cfg: Any) -> Splits:
+    """Splits over PIL-image datasets: train = aug -> ToTensor -> Normalize [-> Cutout]; test and calib =
+    test_pre -> ToTensor -> Normalize. RGB, classes from `train.classes`."""
+    test_tf = T.Compose([*test_pre, T.ToTensor(), *_post_tensor(cfg, train=False)])
     return Splits(
         train=WithTransform(train, T.Compose([*aug, T.ToTensor(), *_post_tensor(cfg, train=True)])),
         train_eval=WithTransform(train, test_tf),
@@ -353,14 +359,7 @@ def _imagenet(cfg: Any) -> Splits:
     size = cfg.img_size
     resize_crop = [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
     aug = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if cfg.augment == "imagenet" else resize_crop
-    test_tf = T.Compose([*resize_crop, T.ToTensor(), *_post_tensor(cfg, train=False)])
-    return Splits(
-        train=WithTransform(train, T.Compose([*aug, T.ToTensor(), *_post_tensor(cfg, train=True)])),
-        train_eval=WithTransform(train, test_tf),
-        test=WithTransform(test, test_tf),
-        num_classes=len(train.classes),
-        in_chans=3,
-    )
+    return _pil_splits(train, test, aug, resize_crop, cfg)
 
 
 _BUILDERS: dict[str, Callable[[Any], Splits]] = {
