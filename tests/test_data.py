@@ -339,6 +339,30 @@ def test_fashion_mnist_unpacks_debian_files(tmp_path, fake_debian):
     assert sorted(collect(L.train)[1].tolist()) == sorted(fake_debian["train-labels-idx1-ubyte"].tolist())
 
 
+def test_fashion_mnist_concurrent_unpacks_do_not_collide(tmp_path, fake_debian):
+    """make -j2 reproduce-cpu starts two runs on a fresh data root at once: both must find complete files."""
+    import threading
+
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    errors = []
+
+    def unpack():
+        try:
+            data._unpack_debian_fashion_mnist(raw)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=unpack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for name, array in fake_debian.items():
+        assert (raw / name).read_bytes() == idx_bytes(array)
+    assert not list(raw.glob("*.partial"))
+
+
 def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SEARCH_DIRS", [str(tmp_path / "absent")])
     root = tmp_path / "data"

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import os
 import shutil
+import tempfile
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -248,13 +249,17 @@ def _unpack_debian_fashion_mnist(raw: Path) -> None:
         source = next((s for s in sources if s.is_file()), None)
         if source is None:
             continue
-        partial = raw / f"{name}.partial"
+        partial = None
         try:
             raw.mkdir(parents=True, exist_ok=True)
-            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+            # a private partial file per caller: parallel runs (make -j2 reproduce-cpu) may unpack at once
+            fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.", suffix=".partial")
+            with gzip.open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             os.replace(partial, raw / name)
         except OSError as exc:
+            if partial:
+                Path(partial).unlink(missing_ok=True)
             raise SnnconvError(
                 f"cannot unpack {source} into {raw} ({_short(exc)}): set data.root to a writable dir"
             ) from exc
