@@ -91,7 +91,7 @@ def train_ann(model: nn.Module, loader, train_cfg, device: torch.device, progres
             correct += (out.argmax(-1) == y).sum().item()
             seen += y.numel()
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", refresh=False)
         if not math.isfinite(loss_sum):
             raise SnnconvError(f"training diverged (loss {loss_sum}) in epoch {epoch + 1}; lower train.lr")
         stats.update(loss=round(loss_sum / max(seen, 1), 5), train_acc=round(100 * correct / max(seen, 1), 3))
