@@ -116,11 +116,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
     if thresholds is not None:
         results["ann"]["snn_thresholds"] = {k: round(v, 6) for k, v in thresholds.items()}
-    diag = method.diagnostics()
-    if cfg.method.name == "ftbc_offset_spike":
-        results.update({k: v for k, v in diag.items() if v})
-    elif diag:
-        results[cfg.method.name] = diag
+    results.update({key: diag for key, diag in method.result_sections().items() if diag})
 
     write_local(out_dir, results)
     log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)

@@ -5,6 +5,7 @@ The runner calls, in order:
   attach(snn)                                                 install inference-time controllers (COS)
   ... evaluation: snn(x, sim_steps(T_max), time_chunk, first_chunk) ...
   diagnostics() -> dict                                       JSON-able, goes to results.json under `name`
+                                                              (via result_sections(); a combined method splits it)
 and reads latency(T, n_spiking) for the latency columns.
 """
 
@@ -53,3 +54,7 @@ class Method:
 
     def diagnostics(self) -> dict:
         return {}
+
+    def result_sections(self) -> dict[str, dict]:
+        """{results.json key: diagnostics}; empty sections are dropped by the runner."""
+        return {self.name: self.diagnostics()}

@@ -394,3 +394,6 @@ class FTBCOffsetSpike(FTBC):
 
     def diagnostics(self) -> dict:
         return {"ftbc": self._diag, "offset_spike": self.cos.diagnostics()}
+
+    def result_sections(self) -> dict[str, dict]:
+        return self.diagnostics()  # results.json keeps the two sections side by side, as the single methods write them
