@@ -124,3 +124,12 @@ def test_bad_overrides_exit_nonzero_without_a_traceback(tmp_path, override):
     proc = _run_cli(override.strip("'"), cwd=tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+
+
+def test_calibration_request_larger_than_the_subset_is_refused(trained):
+    """method.batches x method.batch_size beyond data.calib_size used to be cut silently to what was there."""
+    tmp, _, _, _ = trained
+    cfg = make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.batches=9", "method.batch_size=64")
+    with pytest.raises(SnnconvError, match=r"needs 576 calibration images but the calibration subset holds 512; "
+                                           r"raise data.calib_size or lower method.batches"):
+        run(cfg, tmp / "run_calib", progress=False)

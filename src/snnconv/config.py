@@ -63,9 +63,9 @@ class MethodConfig:
     eps: float = 0.001  # Theorem 2 epsilon, in units of theta
     # ftbc
     alpha: float = 0.5  # step size of the bias update
-    iterations: int = 1  # passes over the calibration batches
-    batches: int = 4  # calibration batches per iteration (training split)
-    batch_size: int = 128
+    iterations: int = 4  # passes over the calibration batches
+    batches: int = 8  # calibration batches per iteration (training split)
+    batch_size: int = 64
     update: str = "residual"  # residual | oracle
 
 

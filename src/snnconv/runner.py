@@ -53,7 +53,14 @@ def seed_everything(seed: int) -> None:
 
 
 def calibration_batches(loaders, batches: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """The first `batches` batches of `batch_size` images from the (training-split) calibration subset."""
+    """The first `batches` batches of `batch_size` images from the (training-split) calibration subset.
+    Refuses a request the subset cannot fill (it used to be cut silently to what was there)."""
+    available = len(loaders.calib.dataset)
+    if batches * batch_size > available:
+        raise SnnconvError(
+            f"method.batches={batches} x method.batch_size={batch_size} needs {batches * batch_size} calibration "
+            f"images but the calibration subset holds {available}; raise data.calib_size or lower method.batches"
+        )
     loader = DataLoader(loaders.calib.dataset, batch_size=batch_size, shuffle=False)
     return [x.to(device) for x, _ in itertools.islice(loader, batches)]
 
