@@ -158,8 +158,10 @@ def main() -> int:
     if sweep.is_dir() and load_runs(sweep):
         sweep_runs = load_runs(sweep)
         n_images = sorted({r["images"] for r in sweep_runs})
+        recipes = sorted({f"{m['iterations']} iteration(s) over {m['batches']} x {m['batch_size']} training images"
+                          for m in (r["config"]["method"] for r in sweep_runs)})
         parts += ["## FTBC step size alpha (VGG16 w/4, QCFS L=4)", "",
-                  f"Test images per run: {', '.join(map(str, n_images))}; one iteration over 4 x 128 training images.", "",
+                  f"Test images per run: {', '.join(map(str, n_images))}; {'; '.join(recipes)}.", "",
                   pivot_markdown(sweep_runs, ["method.alpha"]), ""]
     paper = paper_section(all_runs, load_paper_results(Path(__file__).resolve().parents[1] / "conf" / "paper_results"))
     if paper:
