@@ -87,3 +87,27 @@ def test_bias_is_subtracted_per_channel_per_step():
         ctx.chunk, ctx.total_steps = 4, 4
         neuron.reset()
         neuron(torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("shift_per_step", [False, True])
+def test_controller_step_is_the_fused_step_bit_for_bit(shift_per_step):
+    """IFNeuron.step (used by FTBC's re-fire and COS's pre-simulation) rounds exactly like the fused in-place step
+    the deployed network runs, so a calibration trajectory is the deployed one, spike for spike."""
+
+    class Passive:  # a controller that changes nothing: forces the IFNeuron.step path
+        def on_step(self, neuron, t, current, m, s):
+            return m, s
+
+    gen = torch.Generator().manual_seed(0)
+    T, B, C = 16, 8, 5
+    x = torch.randn(T * B, C, 3, 3, generator=gen)
+    theta, bias = torch.rand(C, generator=gen) + 0.5, torch.randn(T, C, generator=gen) * 0.3
+    outs = []
+    for controller in (None, Passive()):
+        ctx = SimContext()
+        ctx.batch, ctx.chunk, ctx.total_steps = B, T, T
+        neuron = IFNeuron(NeuronSpec(theta, v0_frac=0.5, shift_per_step=shift_per_step), ctx)
+        neuron.set_bias(bias)
+        neuron.controller = controller
+        outs.append((neuron(x), neuron.v.clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

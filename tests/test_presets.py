@@ -36,7 +36,8 @@ def test_preset_runs_its_first_steps(preset, tmp_path, monkeypatch):
         write_cifar10(tmp_path, monkeypatch)
     elif preset.startswith("imagenet"):
         write_imagefolder(tmp_path, {"n01440764": (200, 30, 10), "n01443537": (10, 60, 250)}, per_class=4)
-        overrides += ["data.img_size=32", "data.num_classes=2", "data.num_workers=0"]
+        # 8 training images in the tree: one calibration batch of 4 (a larger request is refused, not cut)
+        overrides += ["data.img_size=32", "data.num_classes=2", "data.num_workers=0", "method.batch_size=4"]
     elif preset.startswith("cpu_fmnist"):
         if not any(Path(d).is_dir() for d in data_module.FASHION_MNIST_SEARCH_DIRS):
             pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

@@ -11,8 +11,8 @@ import contextlib
 import gzip
 import os
 import shutil
-import tempfile
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path

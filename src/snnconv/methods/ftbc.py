@@ -16,7 +16,8 @@ Update rules (``cfg.update``), applied at step t inside the layer, with the laye
   residual (default; the RTS / SNNC trees' rule with their re-fire correction):
       delta_t = mean_c(theta * s) - mean_c(a);   beta[t] += alpha * delta_t;
       the step is then re-run with the updated beta from the same v(t-1): m' = v(t-1) + I[t] - beta[t],
-      s' = 1[m' >= theta] (= m - alpha * delta_t, evaluated exactly as a fresh simulation would round it).
+      s' = 1[m' >= theta] (= m - alpha * delta_t, evaluated by ``IFNeuron.step`` exactly as a fresh simulation
+      rounds it).
   oracle (the QCFS tree's local rule, kept for comparison): an element-wise oracle membrane v_o, started at the
       deployed neuron's v(0) (v0_frac * theta; the COS v0 for ``FTBCOffsetSpike``), integrates the RAW input
       current (no bias):  m_o = v_o + I[t]; s_o = 1[m_o >= theta]; e = theta * s_o - a (element-wise, needs the
@@ -175,7 +176,7 @@ class FTBCController:
             if self.abs_delta.device != delta.device:
                 self.abs_delta = self.abs_delta.to(delta.device)
             self.abs_delta[self.record, t] += delta.abs().mean()
-        s2, m2, v2 = if_step(v_prev, neuron.step_current(current, t), theta)
+        s2, m2, v2 = neuron.step(v_prev, current, t, theta)
         return m2, s2, v2
 
 
@@ -341,7 +342,7 @@ def naive_calibrate(
                     theta = neuron.theta(seq.dim() - 1)
                     v = neuron.initial_potential(seq)
                     for t in range(T_max):
-                        s, m, _ = if_step(v, neuron.step_current(seq[t], t), theta)
+                        s, m, _ = neuron.step(v, seq[t], t, theta)
                         m, s, v = ctrl.step(neuron, t, seq[t], m, s, v)
     return {n: neuron.bias.clone() for n, neuron in neurons.items()}
 

@@ -8,8 +8,8 @@ arrives expanded); the network is processed layer by layer, so layer l sees laye
 Algorithm (``OffsetSpikeController.initial_potential``), with base v0_b = v0_frac * theta (theta/2 for QCFS):
   v0 <- v0_b
   for pass k = 1..passes (each pass: fresh running statistics, rho extra steps of latency):
-    pre-simulate rho steps from v0 on inputs[0..rho-1] with the neuron's own step (``neuron.step_current`` +
-    ``if_step``), keeping O(1) running tensors: spike count n, min pre-reset potential m over firing steps,
+    pre-simulate rho steps from v0 on inputs[0..rho-1] with the neuron's own step (``IFNeuron.step``), keeping
+    O(1) running tensors: spike count n, min pre-reset potential m over firing steps,
     max potential v over silent steps (and the input sum S, for the diagnostics);
     residual r = v(rho) - (v0 - v0_b)  (= v0_b + S - theta*n; for pass 1 this is the paper's v(rho)); passes
     k > 1 evaluate it as r_1 - theta*(n_k - n_1), the same value without the cancellation of v0's shift
@@ -54,7 +54,7 @@ import torch
 
 from snnconv.methods.base import Method, option
 from snnconv.snn import SpikingNetwork
-from snnconv.snn.neuron import IFNeuron, if_step
+from snnconv.snn.neuron import IFNeuron
 
 
 class _LayerStats:
@@ -101,15 +101,14 @@ def _presim(
     v_max = torch.full_like(v0, float("-inf")) if traces else None
     S = torch.zeros_like(v0) if input_sum else None
     for t in range(rho):
-        current = neuron.step_current(inputs[t], t)
-        s, m, v = if_step(v, current, theta)
+        s, m, v = neuron.step(v, inputs[t], t, theta)
         n += s
         if traces:
             fired = s > 0
             torch.minimum(m_min, m.masked_fill(~fired, float("inf")), out=m_min)
             torch.maximum(v_max, m.masked_fill(fired, float("-inf")), out=v_max)
         if input_sum:
-            S += current
+            S += neuron.step_current(inputs[t], t)
     return n, m_min, v_max, v, S
 
 

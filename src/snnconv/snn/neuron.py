@@ -93,6 +93,17 @@ class IFNeuron(nn.Module):
         offset = self.step_offset(t, current.dim())
         return current if offset is None else current + offset
 
+    def step(self, v: torch.Tensor, current: torch.Tensor, t: int, theta: torch.Tensor):
+        """One step from v(t-1) with the layer input `current` [B, ...]: (s, m, v_next) with
+        m = (v + current) + step_offset(t), rounded exactly as the fused in-place simulation rounds it, so
+        calibration trajectories (FTBC, COS) are the deployed ones bit for bit."""
+        m = v + current
+        offset = self.step_offset(t, m.dim())
+        if offset is not None:
+            m.add_(offset)
+        s = (m >= theta).to(m.dtype)
+        return s, m, m - theta * s
+
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """[k*B, ...] (sequence) or [B, ...] (static) -> [k, B, ...]."""
         B, k = self.ctx.batch, self.ctx.chunk
@@ -128,7 +139,7 @@ class IFNeuron(nn.Module):
                 out[i].mul_(theta)
                 v.sub_(out[i])
             else:
-                s, m, v = if_step(v, self.step_current(seq[i], t), theta)
+                s, m, v = self.step(v, seq[i], t, theta)
                 m, s = on_step(self, t, seq[i], m, s)
                 v = m - theta * s
                 torch.mul(s, theta, out=out[i])
