@@ -118,7 +118,7 @@ class IFNeuron(nn.Module):
         if self.controller is not None and hasattr(self.controller, "initial_potential"):
             return self.controller.initial_potential(self, inputs)
         theta = self.theta(inputs.dim() - 1)
-        return (self.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype).clone()
+        return (self.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype)  # forward() takes its own copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.unfold(x)
@@ -126,7 +126,7 @@ class IFNeuron(nn.Module):
             self.v = self.initial_potential(seq).clone()  # owned: the fast path updates it in place
         theta = self.theta(seq.dim() - 1)
         on_step = getattr(self.controller, "on_step", None)
-        out = torch.empty_like(seq)
+        out = torch.empty_like(seq, memory_format=torch.contiguous_format)  # viewed as [k*B, ...] below
         v = self.v
         for i in range(seq.shape[0]):
             t = self.t + i
