@@ -133,7 +133,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     wall = f"{args.wall_time / 60:.1f} min" if args.wall_time else "not measured"
     all_runs = load_runs(args.root)
-    images = ", ".join(sorted({f"{r['images']:,}" for r in all_runs if "images" in r}, key=len)) or "?"
+    images = ", ".join(f"{n:,}" for n in sorted({r["images"] for r in all_runs if "images" in r})) or "?"
     run_time = sum(sum(v for v in r.get("timing_s", {}).values()) for r in all_runs) / 60
     parts = [
         "# Measured results (CPU-scale reproduction)",
