@@ -25,7 +25,7 @@ class DataConfig:
     img_size: int = 32
     batch_size: int = 128
     test_batch_size: int = 200
-    num_workers: int = 0
+    num_workers: int = -1  # loader processes; -1 = auto (0 on CPU devices and for digits, else min(8, CPUs - 1))
     calib_size: int = 1024  # images drawn (fixed seed) from the TRAIN split for thresholds / calibration
     augment: str = "none"  # none | crop_flip | autoaugment (CIFAR: crop+flip+AutoAugment) | imagenet
     cutout: int = 0  # Cutout hole size in px (0 = off)
@@ -79,6 +79,9 @@ class TrainConfig:
     threshold_weight_decay: bool = True  # QCFS papers decay lambda too
     limit_batches: int = 0  # >0: stop each epoch after N batches (debug)
     cache: bool = True  # reuse outputs/checkpoints/<hash>.pt when the same ANN was trained before
+    save_every: int = 1  # epochs between resume checkpoints next to the cache entry (0 = none; needs cache=true)
+    amp: bool = False  # bf16 autocast on CUDA (fp32 weights); a no-op, said in one line, on other devices
+    channels_last: bool = False  # NHWC weights and inputs while training (faster convolutions on tensor cores)
 
 
 @dataclass
@@ -167,6 +170,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.method.alpha > 0, "method.alpha must be > 0"),
         (cfg.method.iterations >= 1 and cfg.method.batches >= 1, "method.iterations and method.batches must be >= 1"),
         (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
+        (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0 = no resume checkpoints)"),
+        (cfg.data.num_workers >= -1, "data.num_workers must be >= 0, or -1 for automatic"),
         (cfg.snn.time_chunk >= 0, "snn.time_chunk must be >= 0 (0 = auto)"),
         (cfg.data.batch_size >= 1 and cfg.data.test_batch_size >= 1, "data batch sizes must be >= 1"),
     ]

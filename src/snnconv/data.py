@@ -115,10 +115,30 @@ class WithTransform(Dataset):
         return self.transform(img), label
 
 
-def build_loaders(data_cfg: Any, seed: int = 42) -> Loaders:
-    """Train / calib / test loaders for `data_cfg` (a DataConfig node).
+def cpu_count() -> int:
+    """CPUs this process may run on (the SLURM / cgroup allotment where the OS exposes it, not the node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
-    `seed` fixes the train shuffling order and which train images form the calib subset.
+
+def resolve_num_workers(num_workers: int, name: str, device: torch.device | str | None) -> int:
+    """data.num_workers, or for -1 (auto): 0 for digits (held in memory, nothing to decode) and on CPU devices
+    (workers would take cores from the compute threads), else min(8, CPUs - 1) loader processes."""
+    if num_workers >= 0:
+        return int(num_workers)
+    if name == "digits" or device is None or torch.device(device).type == "cpu":
+        return 0
+    return max(0, min(8, cpu_count() - 1))
+
+
+def build_loaders(data_cfg: Any, seed: int = 42, device: torch.device | str | None = None) -> Loaders:
+    """Train / calib / test loaders for `data_cfg` (a DataConfig node), feeding `device` (None = CPU).
+
+    `seed` fixes the train shuffling order and which train images form the calib subset. Loader processes:
+    `resolve_num_workers`; pinned host memory when feeding CUDA; the training loader keeps its workers between
+    epochs (persistent_workers), the others start them per pass.
     """
     name = data_cfg.name
     if name not in _BUILDERS:
@@ -147,7 +167,9 @@ def build_loaders(data_cfg: Any, seed: int = 42) -> Loaders:
     order = torch.randperm(len(train_eval), generator=torch.Generator().manual_seed(seed))
     calib_idx = order[: data_cfg.calib_size].tolist()  # random order: calib batches mix classes
 
-    common = {"num_workers": data_cfg.num_workers, "pin_memory": torch.cuda.is_available()}
+    workers = resolve_num_workers(int(data_cfg.num_workers), name, device)
+    cuda = device is not None and torch.device(device).type == "cuda"
+    common = {"num_workers": workers, "pin_memory": cuda}
     return Loaders(
         train=DataLoader(
             train,
@@ -155,6 +177,7 @@ def build_loaders(data_cfg: Any, seed: int = 42) -> Loaders:
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
             drop_last=False,
+            persistent_workers=workers > 0,
             **common,
         ),
         calib=DataLoader(Subset(train_eval, calib_idx), batch_size=data_cfg.batch_size, **common),

@@ -74,7 +74,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     T_max = T_list[-1]
     timing: dict[str, float] = {}
 
-    loaders = build_loaders(cfg.data, seed=int(cfg.seed))
+    loaders = build_loaders(cfg.data, seed=int(cfg.seed), device=device)
     model = create_model(
         cfg.arch.name,
         act_layer=act_layer(cfg.ann),
