@@ -1,8 +1,9 @@
-"""One multirun directory -> one table (swept values x T) and one PNG plot.
+"""One multirun directory -> tables (accuracy: swept values x T; comparison: run x T with accuracy, latency, SOPs
+per image, firing rate, energy ratio) and one PNG plot.
 
-    python scripts/collect.py multirun/2026-11-23_14-00-00 [--keys method.alpha] [--out DIR]
+    python scripts/collect.py multirun/2026-11-23_14-00-00 [--keys method.alpha] [--out DIR] [--compare-only]
 
-Prints the markdown table and writes <out>/collect.md and <out>/collect.png (out defaults to DIR).
+Prints the markdown tables and writes <out>/collect.md and <out>/collect.png (out defaults to DIR).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from snnconv.collect import load_runs, pivot, pivot_markdown, plot, swept_keys
+from snnconv.collect import comparison_markdown, load_runs, pivot, pivot_markdown, plot, swept_keys
 
 
 def main() -> int:
@@ -19,13 +20,15 @@ def main() -> int:
     p.add_argument("dir", type=Path)
     p.add_argument("--keys", default="", help="comma-separated config keys labelling rows (default: the swept ones)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--compare-only", action="store_true", help="print only the comparison table (make demo)")
     args = p.parse_args()
     runs = load_runs(args.dir)
     if not runs:
         print(f"error: no results.json under {args.dir}; pass a run or multirun directory", file=sys.stderr)
         return 2
     keys = [k for k in args.keys.split(",") if k] or swept_keys(runs)
-    text = pivot_markdown(runs, keys)
+    compare = comparison_markdown(runs, keys)
+    text = compare if args.compare_only else pivot_markdown(runs, keys) + "\n\n" + compare
     out = args.out or args.dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "collect.md").write_text(text + "\n")

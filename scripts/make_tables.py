@@ -4,7 +4,8 @@
 
 Layout read: <root>/<experiment>/**/results.json (one per method run), <root>/alpha_sweep/**/results.json,
 <root>/bench_*.txt. Columns: ANN | baseline | COS x1 | COS x2 | FTBC | FTBC+COS, accuracy in % at each T, with
-the steps each layer integrates (latency) for the COS columns.
+the steps each layer integrates (latency) for the COS columns; for runs with `stats=true` a second table per
+network: method x T with accuracy, latency, SOPs per image, network firing rate and energy ratio to the ANN.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from snnconv.collect import load_runs, markdown, pivot_markdown, plot
+from snnconv.collect import comparison_markdown, load_runs, markdown, pivot_markdown, plot
 
 COLUMNS = [  # (header, method name, passes or None)
     ("baseline", "baseline", None),
@@ -68,6 +69,11 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
         markdown(headers, rows),
         "",
     ]
+    if any(r.get("stats") for r in by_col.values()):
+        lines += ["Cost per T (`snnconv.stats`, per test image): SOPs = synaptic operations on the binary spikes "
+                  "(exact fan-out, COS pre-simulation included), fr = spikes per neuron per step over the T counted "
+                  "steps, E/E_ANN = compute energy ratio to the ANN.", "",
+                  comparison_markdown([by_col[h] for h in cols], labels=cols), ""]
     cos = [(h, by_col[h]["offset_spike"]) for h in ("COS x1", "COS x2", "FTBC+COS") if h in by_col and by_col[h].get("offset_spike")]
     if cos:
         lines += ["Offset spike psi on the rho window, all neurons (Table 3 of the COS paper): share with psi = 0 "

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from snnconv.collect import load_runs, pivot, swept_keys
+from snnconv.collect import comparison_markdown, load_runs, pivot, swept_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +57,21 @@ def test_make_tables_puts_methods_side_by_side_with_latency(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(tmp_path / "nothing")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_comparison_table_has_latency_and_stats_columns(tmp_path):
+    fake_run(tmp_path / "0_baseline", "baseline", 0.5, 1, {1: 10.0, 2: 20.0})
+    fake_run(tmp_path / "1_cos", "offset_spike", 0.5, 1, {1: 70.0, 2: 80.0})
+    res = json.loads((tmp_path / "1_cos" / "results.json").read_text())
+    res["stats"] = {"total_sops": {"1": 1234567.0, "2": 2e6}, "firing_rate": {"1": 0.1234, "2": 0.1},
+                    "energy_pj": {"1": {"ratio": 0.25}, "2": {"ratio": 0.4}},
+                    "cost": {"preset": "fp32-45nm", "e_mac": 4.6, "e_ac": 0.9}}
+    (tmp_path / "1_cos" / "results.json").write_text(json.dumps(res))
+    text = comparison_markdown(load_runs(tmp_path), ["method.name"])
+    assert "| run | T | acc % | latency | pipelined | SOPs/img | fr % | E/E_ANN |" in text
+    assert "| baseline | 1 | 10.00 | 1 | - | - | - | - |" in text
+    assert "| offset_spike | 1 | 70.00 | 5 | 61 | 1.23M | 12.34 | 0.250 |" in text
+    assert "compute-only, no memory traffic" in text.splitlines()[-1]
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(tmp_path), "--keys", "method.name",
+                          "--compare-only"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("| run | T | acc % |") and "| offset_spike | 2 | 80.00 | 6 | 62 | 2M | 10.00 | 0.400 |" in out

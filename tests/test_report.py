@@ -98,6 +98,9 @@ def test_write_local(tmp_path, results):
         "agreement": "86.25",
         "ann_acc": "91.2",
         "method": "offset_spike",
+        "sops_per_image": "",
+        "firing_rate": "",
+        "energy_ratio": "",
     }
 
     png = paths["png"].read_bytes()
@@ -176,3 +179,43 @@ def test_summary_flattens_numeric_diagnostics(results):
     assert summary["offset_spike/n_shifted"] == 3
     assert summary["offset_spike/mean_shift/layer1"] == 0.25
     assert "offset_spike/note" not in summary
+
+
+@pytest.fixture
+def stats_results(results):
+    """results with a real `stats` section: snnconv.stats on the hand-counted Tiny network at T = 1, 2, 4."""
+    from test_stats import X_TINY, Tiny, count
+
+    summary, _ = count(Tiny().eval(), X_TINY, [1, 2, 4])
+    return {**results, "stats": summary}
+
+
+def test_stats_columns_in_table_csv_and_plots(tmp_path, stats_results):
+    stats = stats_results["stats"]
+    lines = report.format_table(stats_results).splitlines()
+    assert all(h in lines[0] for h in ("SOPs/img", "fr %", "E/E_ANN"))
+    row4 = next(line for line in lines[2:] if line.split("|")[0].strip() == "4")
+    assert stats["total_sops"]["4"] == (168 + 768) * 4 + 80 * 2  # hand count (tests/test_stats.py)
+    assert "3.9k" in row4 and f"{stats['energy_pj']['4']['ratio']:.3f}" in row4
+    assert lines[-1].startswith("E/E_ANN: fp32-45nm (E_MAC 4.6 pJ, E_AC 0.9 pJ)")
+    assert lines[-1].endswith("compute-only, no memory traffic")
+    paths = report.write_local(tmp_path, stats_results)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [float(r["sops_per_image"]) for r in rows] == [stats["total_sops"][t] for t in ("1", "2", "4")]
+    assert float(rows[1]["energy_ratio"]) == stats["energy_pj"]["2"]["ratio"]
+    assert float(rows[1]["firing_rate"]) == stats["firing_rate"]["2"]
+    for key in ("firing_rate_png", "sops_png"):
+        assert paths[key].read_bytes().startswith(PNG_MAGIC)
+    summary = report._summary(stats_results)
+    assert summary["snn/sops_per_image_T4"] == stats["total_sops"]["4"]
+
+
+def test_log_wandb_offline_with_stats(tmp_path, stats_results, wandb_env):
+    out = tmp_path / "run"
+    report.write_local(out, stats_results)
+    run_dir = report.log_wandb(_logger("offline"), stats_results, "stats", out)
+    assert run_dir is not None and wandb_env == []
+    (table_file,) = list(run_dir.glob("files/media/table/stats/per_layer*.table.json"))
+    table = json.loads(table_file.read_text())
+    assert table["columns"][:3] == ["layer_index", "layer", "T"] and len(table["data"]) == 3 * 3
+    assert len(list(run_dir.glob("files/media/images/stats/*.png"))) == 2

@@ -1,8 +1,10 @@
 """Read finished runs (every `results.json` under a directory, e.g. a Hydra multirun) and turn them into tables.
 
 A run is labelled by the config values that differ between the runs found (the swept keys), e.g.
-`method.alpha=0.3`; `pivot` gives {label: {T: acc}}, `markdown` and `plot` render it. Used by
-scripts/collect.py (one multirun -> one table + PNG) and scripts/make_tables.py (docs/results.md).
+`method.alpha=0.3`; `pivot` gives {label: {T: acc}}, `markdown` and `plot` render it; `comparison_markdown`
+gives one row per run and T with accuracy, latency and, for runs with `stats=true`, SOPs per image, network
+firing rate and energy ratio to the ANN. Used by scripts/collect.py (one multirun -> tables + PNG; `make demo`)
+and scripts/make_tables.py (docs/results.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from snnconv.report import energy_line, format_value, stats_per_t
 
 # Config keys that never label a run (they differ between runs without changing what was measured).
 _IGNORED_PREFIXES = ("output_dir", "task_name", "logger.", "data.root", "device", "extra")
@@ -43,8 +47,11 @@ def swept_keys(runs: Iterable[Mapping]) -> list[str]:
     return [k for k in varying if not k.startswith(_IGNORED_PREFIXES)]
 
 
-def label(run: Mapping, keys: list[str]) -> str:
+def label(run: Mapping, keys: list[str], short: bool = False) -> str:
+    """`k=v, ...` over `keys` (just the value with short=True and one key); the method name without keys."""
     flat = _flatten(run.get("config") or {})
+    if short and len(keys) == 1:
+        return str(flat.get(keys[0]))
     return ", ".join(f"{k}={flat.get(k)}" for k in keys) or str(run.get("method"))
 
 
@@ -56,6 +63,50 @@ def pivot(runs: list[Mapping], keys: list[str] | None = None) -> tuple[list[str]
         table[label(r, keys)] = {int(t): v for t, v in r["snn"]["acc"].items()}
     Ts = sorted({t for row in table.values() for t in row})
     return list(table), Ts, table
+
+
+# (header, key, cell format) of the comparison table; key: acc | latency | pipelined | a report.STATS_COLUMNS key
+COMPARE_COLUMNS = [
+    ("acc %", "acc", ".2f"),
+    ("latency", "latency", "d"),
+    ("pipelined", "pipelined", "d"),
+    ("SOPs/img", "sops_per_image", "si"),
+    ("fr %", "firing_rate", "%"),
+    ("E/E_ANN", "energy_ratio", ".3f"),
+]
+
+
+def per_t(run: Mapping, key: str) -> dict[int, Any]:
+    """{T: value} of one comparison column for one run ({} when the run does not have it)."""
+    if key == "acc":
+        values = run["snn"]["acc"]
+    elif key == "latency":
+        values = run.get("latency_steps") or {}
+    elif key == "pipelined":
+        values = run.get("pipelined_latency_steps") or {}
+    else:
+        values = {t: v[key] for t, v in stats_per_t(run).items()}
+    return {int(t): v for t, v in values.items() if v is not None}
+
+
+def comparison_markdown(runs: list[Mapping], keys: list[str] | None = None, labels: list[str] | None = None) -> str:
+    """One row per run and T: accuracy, latency, [pipelined latency], and with stats SOPs per image, firing rate
+    (%) and energy ratio to the ANN; the ANN accuracy and the energy convention under the table. Rows are
+    labelled by `labels` (one per run) or by the values of `keys` (default: the swept keys)."""
+    keys = swept_keys(runs) if keys is None else keys
+    labels = labels or [label(r, keys, short=True) for r in runs]
+    cols = [c for c in COMPARE_COLUMNS if any(per_t(r, c[1]) for r in runs)]
+    rows = []
+    for name, r in zip(labels, runs):
+        values = {key: per_t(r, key) for _, key, _ in cols}
+        for t in sorted(values["acc"]):
+            rows.append([name, t] + [format_value(values[key].get(t), spec) for _, key, spec in cols])
+    text = markdown(["run", "T", *[h for h, _, _ in cols]], rows)
+    anns = sorted({r["ann"]["acc"] for r in runs})
+    if anns:
+        text += f"\n\nANN accuracy: {', '.join(f'{a:.2f}' for a in anns)} %"
+    line = next((energy_line(r) for r in runs if energy_line(r)), None)
+    return text + (f"\n{line}" if line else "")
 
 
 def _cell(value: Any, spec: str = ".2f") -> str:

@@ -6,7 +6,9 @@ mirror, and :func:`log_wandb` never raises, so a W&B failure cannot lose or hide
 
 ``results`` keys (see ``runner``): ``ann.acc``, ``snn.acc`` / ``snn.agreement`` (``{str(T): percent}``),
 ``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``config`` and optional
-diagnostics dicts ``offset_spike`` / ``ftbc``.
+diagnostics dicts ``offset_spike`` / ``ftbc``; with ``stats=true`` a ``stats`` section (``snnconv.stats``): its
+per-T totals become table / CSV / W&B columns (SOPs per image, network firing rate, energy ratio to the ANN),
+and two more plots are written: ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``.
 """
 
 from __future__ import annotations
@@ -23,20 +25,35 @@ from pathlib import Path
 from typing import Any
 
 DIAGNOSTIC_KEYS = ("offset_spike", "ftbc")
-CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method")
+CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method",
+               "sops_per_image", "firing_rate", "energy_ratio")
+STATS_COLUMNS = ("sops_per_image", "firing_rate", "energy_ratio")
 
 
 def _by_t(mapping: Mapping | None) -> dict[str, Any]:
     return {str(k): v for k, v in (mapping or {}).items()}
 
 
+def stats_per_t(results: Mapping) -> dict[str, dict[str, Any]]:
+    """{T: {sops_per_image, firing_rate, energy_ratio}} from the ``stats`` section ({} without one)."""
+    stats = results.get("stats") or {}
+    sops, rate = _by_t(stats.get("total_sops")), _by_t(stats.get("firing_rate"))
+    energy = _by_t(stats.get("energy_pj"))
+    return {
+        t: {"sops_per_image": sops.get(t), "firing_rate": rate.get(t), "energy_ratio": (energy.get(t) or {}).get("ratio")}
+        for t in sops
+    }
+
+
 def _rows(results: Mapping) -> list[dict[str, Any]]:
-    """One dict per T (ascending): T, latency_steps, pipelined_latency_steps, snn_acc, agreement (None if absent)."""
+    """One dict per T (ascending): T, latency_steps, pipelined_latency_steps, snn_acc, agreement, and the
+    STATS_COLUMNS (None if absent)."""
     snn = results.get("snn") or {}
     acc = _by_t(snn.get("acc"))
     agreement = _by_t(snn.get("agreement"))
     latency = _by_t(results.get("latency_steps"))
     pipelined = _by_t(results.get("pipelined_latency_steps"))
+    stats = stats_per_t(results)
     return [
         {
             "T": int(t),
@@ -44,6 +61,7 @@ def _rows(results: Mapping) -> list[dict[str, Any]]:
             "pipelined_latency_steps": pipelined.get(t),
             "snn_acc": acc[t],
             "agreement": agreement.get(t),
+            **{k: (stats.get(t) or {}).get(k) for k in STATS_COLUMNS},
         }
         for t in sorted(acc, key=int)
     ]
@@ -53,8 +71,33 @@ def _ann_acc(results: Mapping) -> float | None:
     return (results.get("ann") or {}).get("acc")
 
 
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
+def format_value(value: Any, spec: str = ".2f") -> str:
+    """A table cell: "-" for None; spec "si" = 3 significant digits with k / M / G; "%" = a share in percent."""
+    if value is None:
+        return "-"
+    if spec == "si":  # 3 significant digits with a k / M / G suffix: a compact SOP count
+        for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= div:
+                return f"{value / div:.3g}{suffix}"
+        return f"{value:.3g}"
+    if spec == "%":
+        return format(100.0 * value, ".2f")
+    return format(value, spec)
+
+
+_fmt = format_value
+
+
+def energy_line(results: Mapping) -> str | None:
+    """The line printed under any energy number: preset, per-op costs, and the compute-only caveat."""
+    stats = results.get("stats") or {}
+    cost = stats.get("cost")
+    if not cost:
+        return None
+    return (
+        f"E/E_ANN: {cost['preset']} (E_MAC {cost['e_mac']} pJ, E_AC {cost['e_ac']} pJ); SOPs per image incl. "
+        "COS pre-simulation, first layer's MACs once per image; compute-only, no memory traffic"
+    )
 
 
 def format_table(results: Mapping) -> str:
@@ -66,6 +109,8 @@ def format_table(results: Mapping) -> str:
     cols.append(("SNN acc %", "snn_acc", ".2f"))
     if any(r["agreement"] is not None for r in rows):
         cols.append(("agreement %", "agreement", ".2f"))
+    if any(r["sops_per_image"] is not None for r in rows):
+        cols += [("SOPs/img", "sops_per_image", "si"), ("fr %", "firing_rate", "%"), ("E/E_ANN", "energy_ratio", ".3f")]
     cells = [[_fmt(r[key], spec) for _, key, spec in cols] for r in rows]
     widths = [max([len(head)] + [len(c[i]) for c in cells]) for i, (head, _, _) in enumerate(cols)]
     lines = [" | ".join(head.rjust(w) for (head, _, _), w in zip(cols, widths))]
@@ -73,6 +118,8 @@ def format_table(results: Mapping) -> str:
     lines += [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     method = results.get("method")
     lines.append(f"ANN acc %: {_fmt(_ann_acc(results))}" + (f"   (method: {method})" if method else ""))
+    if energy_line(results):
+        lines.append(energy_line(results))
     return "\n".join(lines)
 
 
@@ -155,8 +202,71 @@ def _plot_png(results: Mapping) -> bytes:
     return buf.getvalue()
 
 
+def _figure(width: float = 6.4, height: float = 4.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _firing_rate_png(results: Mapping) -> bytes:
+    """Firing rate (spikes per neuron per step) of every spiking layer, one line per T."""
+    layers = results["stats"]["per_layer"]
+    Ts = sorted({t for rec in layers for t in rec["firing_rate"]}, key=int)
+    fig, ax = _figure(max(6.4, 0.35 * len(layers) + 2), 4.6)
+    xs = list(range(len(layers)))
+    for t in Ts:
+        ax.plot(xs, [rec["firing_rate"].get(t) for rec in layers], marker="o", markersize=3, label=f"T={t}")
+    ax.set_xticks(xs, [rec["name"] for rec in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("firing rate (spikes / neuron / step)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"firing rate per layer ({_title(results)})")
+    return _png(fig)
+
+
+def _acc_vs_sops_png(results: Mapping) -> bytes:
+    """Accuracy against SOPs per image, one point per T; the ANN's accuracy and the SOP count at which the
+    SNN's compute energy equals the ANN's (E_MAC * (MAC_ANN - MAC_first) / E_AC) as reference lines."""
+    rows = [r for r in _rows(results) if r["sops_per_image"] is not None]
+    stats = results["stats"]
+    fig, ax = _figure()
+    xs, ys = [r["sops_per_image"] for r in rows], [r["snn_acc"] for r in rows]
+    ax.plot(xs, ys, marker="o", label="SNN")
+    for r in rows:
+        ax.annotate(f"T={r['T']}", (r["sops_per_image"], r["snn_acc"]), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ann = _ann_acc(results)
+    if ann is not None:
+        ax.axhline(ann, linestyle="--", color="gray", label=f"ANN {ann:.2f}%")
+    cost = stats.get("cost") or {}
+    if cost.get("e_ac") and stats.get("mac_ann"):
+        even = cost["e_mac"] * (stats["mac_ann"] - stats.get("mac_first", 0)) / cost["e_ac"]
+        ax.axvline(even, linestyle=":", color="tab:red", label=f"E_SNN = E_ANN ({cost['preset']})")
+    if all(x and x > 0 for x in xs):
+        ax.set_xscale("log")
+    ax.set_xlabel("SOPs per image (incl. COS pre-simulation)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, max([100.0] + [y for y in ys if y is not None and math.isfinite(y)]) + 2)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(_title(results))
+    return _png(fig)
+
+
 def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` and ``accuracy_vs_T.png`` into ``out_dir`` (atomically)."""
+    """Write ``results.json``, ``results.csv`` and ``accuracy_vs_T.png`` into ``out_dir`` (atomically), and with
+    a ``stats`` section ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_T.png"}
@@ -173,6 +283,11 @@ def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]
     _atomic_write(paths["csv"], buf.getvalue().encode())
 
     _atomic_write(paths["png"], _plot_png(results))
+    if (results.get("stats") or {}).get("per_layer"):
+        paths["firing_rate_png"] = out / "firing_rate_per_layer.png"
+        paths["sops_png"] = out / "accuracy_vs_sops.png"
+        _atomic_write(paths["firing_rate_png"], _firing_rate_png(results))
+        _atomic_write(paths["sops_png"], _acc_vs_sops_png(results))
     return paths
 
 
@@ -199,7 +314,7 @@ def _summary(results: Mapping) -> dict[str, Any]:
     for r in _rows(results):
         t = r["T"]
         summary[f"snn/acc_T{t}"] = r["snn_acc"]
-        for key in ("agreement", "latency_steps", "pipelined_latency_steps"):
+        for key in ("agreement", "latency_steps", "pipelined_latency_steps", *STATS_COLUMNS):
             if r[key] is not None:
                 summary[f"snn/{key}_T{t}"] = r[key]
     _flatten_numeric("timing_s", results.get("timing_s") or {}, summary)
@@ -211,16 +326,17 @@ def _summary(results: Mapping) -> dict[str, Any]:
     return summary
 
 
-def _log_run(run: Any, wandb: Any, results: Mapping) -> None:
+def _log_run(run: Any, wandb: Any, results: Mapping, out: Path | None = None) -> None:
     run.define_metric("T")
     run.define_metric("snn/*", step_metric="T")
     rows = _rows(results)
     for r in rows:
         record = {"T": r["T"], "snn/acc": r["snn_acc"]}
-        for key in ("latency_steps", "pipelined_latency_steps", "agreement"):
+        for key in ("latency_steps", "pipelined_latency_steps", "agreement", *STATS_COLUMNS):
             if r[key] is not None:
                 record[f"snn/{key}"] = r[key]
         run.log(record)
+    _log_stats(run, wandb, results, out)
     table = wandb.Table(
         columns=["T", "latency_steps", "snn_acc"],
         data=[[r["T"], r["latency_steps"], r["snn_acc"]] for r in rows],
@@ -229,6 +345,33 @@ def _log_run(run: Any, wandb: Any, results: Mapping) -> None:
     run.log({"snn_acc_vs_T": wandb.plot.line(table, "T", "snn_acc", title=title)})
     for key, value in _summary(results).items():
         run.summary[key] = value
+
+
+def _log_stats(run: Any, wandb: Any, results: Mapping, out: Path | None) -> None:
+    """Per-layer charts (firing rate and SOPs per image at the largest T, bar charts over layers), a per-layer x
+    per-T table, and the two stats plots as images."""
+    stats = results.get("stats") or {}
+    layers = stats.get("per_layer") or []
+    if not layers:
+        return
+    Ts = sorted({t for rec in layers for t in rec["firing_rate"]}, key=int)
+    rows = [[i, rec["name"], int(t), rec["neurons"], rec["firing_rate"][t], rec["spikes"][t], rec["sops"][t]]
+            for t in Ts for i, rec in enumerate(layers)]
+    cols = ["layer_index", "layer", "T", "neurons", "firing_rate", "spikes_per_image", "sops_per_image"]
+    run.log({"stats/per_layer": wandb.Table(columns=cols, data=rows)})
+    t_max = Ts[-1]
+    last = wandb.Table(columns=["layer", "firing_rate", "sops_per_image"],
+                       data=[[rec["name"], rec["firing_rate"][t_max], rec["sops"][t_max]] for rec in layers])
+    run.log({
+        "stats/firing_rate_per_layer": wandb.plot.bar(last, "layer", "firing_rate", title=f"firing rate per layer, T={t_max}"),
+        "stats/sops_per_layer": wandb.plot.bar(last, "layer", "sops_per_image", title=f"SOPs per image per layer, T={t_max}"),
+    })
+    table = wandb.Table(columns=["T", "sops_per_image", "snn_acc"],
+                        data=[[r["T"], r["sops_per_image"], r["snn_acc"]] for r in _rows(results)])
+    run.log({"stats/acc_vs_sops": wandb.plot.scatter(table, "sops_per_image", "snn_acc", title="accuracy vs SOPs per image")})
+    for key, name in (("stats/firing_rate_png", "firing_rate_per_layer.png"), ("stats/acc_vs_sops_png", "accuracy_vs_sops.png")):
+        if out is not None and (out / name).is_file():  # written by write_local, which runs first
+            run.log({key: wandb.Image(str(out / name))})
 
 
 def _reinit_kwargs(wandb: Any) -> dict[str, Any]:
@@ -274,7 +417,7 @@ def log_wandb(logger_cfg: Any, results: Mapping, run_name: str, out_dir: str | o
         offline_dir = None
         ok = False
         try:
-            _log_run(run, wandb, results)
+            _log_run(run, wandb, results, out)
             if mode == "offline":
                 offline_dir = Path(run.dir).parent  # run.dir is <dir>/wandb/offline-run-*/files
             ok = True
