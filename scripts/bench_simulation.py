@@ -5,7 +5,11 @@ once) and cheap neuron updates win. Images: Fashion-MNIST test images when avail
 cost does not depend on the values). Each configuration is warmed up on one batch, then timed over all images
 `--repeats` times (median).
 
-    python scripts/bench_simulation.py [--arch resnet20] [--images 2000] [--batch 100] [--T 32]
+    python scripts/bench_simulation.py [--arch resnet20] [--images 2000] [--batch 100] [--T 32] [--stats]
+
+--stats adds the cost of `stats=true` (snnconv.stats counting spikes, SOPs and the conversion error at every T in
+--stats-T during the same simulation): evaluation time (ANN + SNN forward per batch, default time_chunk) with
+the counter / without, both measured in this run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from snnconv.ann import QCFS
 from snnconv.models import create_model
 from snnconv.snn import convert, default_time_chunk
+from snnconv.stats import SpikeCounter, build_plan
 from snnconv.timing import median_time
 
 
@@ -46,6 +51,8 @@ def main() -> None:
     p.add_argument("--chunks", default="1,8,32")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    p.add_argument("--stats", action="store_true", help="also time evaluation with snnconv.stats counting")
+    p.add_argument("--stats-T", default="1,2,4,8,16,32", help="T values the counter reads (<= --T)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +88,26 @@ def main() -> None:
         ratio = median_time(functools.partial(run_snn, chunk), args.repeats, warmup=0) / (args.T * t_ann)
         print(f"{chunk:>10} | {ratio:.3f}")
     print(f"default time_chunk on {device.type}: {default_time_chunk(device, args.T)}")
+    if args.stats:
+        chunk = default_time_chunk(device, args.T)
+        read_at = [t for t in (int(v) for v in args.stats_T.split(",")) if t <= args.T]
+        counter = SpikeCounter(build_plan(ann, batches[0][:1]))
+
+        def run_eval(count, batches=batches):
+            for b in batches:
+                ann(b)
+                if count:
+                    counter.begin(read_at, b.shape[0])
+                snn(b, args.T, chunk)
+            sync()
+
+        run_eval(False, batches[:1])
+        plain = median_time(functools.partial(run_eval, False), args.repeats, warmup=0)
+        with counter.attached(snn, ann):
+            run_eval(True, batches[:1])
+            counted = median_time(functools.partial(run_eval, True), args.repeats, warmup=0)
+        print(f"stats=true / stats=false evaluation (T={args.T}, read at {read_at}, time_chunk {chunk}): "
+              f"{counted / plain:.3f} ({counted:.2f} s / {plain:.2f} s)")
 
 
 if __name__ == "__main__":

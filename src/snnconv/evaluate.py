@@ -2,9 +2,13 @@
 plus the ANN's accuracy and the SNN-vs-ANN agreement (share of images with the same predicted class).
 
 Sources whose dynamics depend on T (rts with rts_shift=per_step) are simulated once per T instead.
+With a `snnconv.stats.SpikeCounter`, spikes, SOPs and the per-layer conversion error are read from the same
+simulations at the same T values (hooks only; the accuracies do not change, tests/test_stats.py).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -12,6 +16,7 @@ import torch.nn as nn
 from snnconv.methods.base import Method
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
+from snnconv.stats import SpikeCounter
 
 
 def depends_on_T(snn: SpikingNetwork) -> bool:
@@ -35,8 +40,10 @@ def evaluate(
     time_chunk: int,
     max_batches: int = 0,
     progress: bool = True,
+    counter: SpikeCounter | None = None,
 ) -> dict:
-    """Returns {"ann_acc": %, "acc": {T: %}, "agreement": {T: %}, "images": n} over the loader."""
+    """Returns {"ann_acc": %, "acc": {T: %}, "agreement": {T: %}, "images": n} over the loader; `counter`
+    (optional) counts during the same simulations (read its `summary()` afterwards)."""
     ann.eval()
     snn.eval()
     method.attach(snn)
@@ -46,21 +53,25 @@ def evaluate(
     agree = torch.zeros(len(T_list), dtype=torch.long)
     ann_correct, n = 0, 0
     total = min(len(loader), max_batches) if max_batches else len(loader)
-    for i, (x, y) in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
-        if max_batches and i >= max_batches:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        ann_pred = ann(x).argmax(-1)
-        ann_correct += (ann_pred == y).sum().item()
-        preds = []
-        for group in groups:
-            steps = method.sim_steps(max(group))
-            out = snn(x, steps, time_chunk, first_chunk=method.first_chunk)
-            preds.append(correct_per_step(out, y, group))
-        pred = torch.cat(preds)
-        correct += (pred == y).sum(1).cpu()
-        agree += (pred == ann_pred).sum(1).cpu()
-        n += y.numel()
+    counting = counter.attached(snn, ann) if counter is not None else contextlib.nullcontext()
+    with counting:
+        for i, (x, y) in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+            if max_batches and i >= max_batches:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            ann_pred = ann(x).argmax(-1)
+            ann_correct += (ann_pred == y).sum().item()
+            preds = []
+            for group in groups:
+                steps = method.sim_steps(max(group))
+                if counter is not None:
+                    counter.begin(group, x.shape[0])
+                out = snn(x, steps, time_chunk, first_chunk=method.first_chunk)
+                preds.append(correct_per_step(out, y, group))
+            pred = torch.cat(preds)
+            correct += (pred == y).sum(1).cpu()
+            agree += (pred == ann_pred).sum(1).cpu()
+            n += y.numel()
     pct = lambda c: round(100.0 * float(c) / max(n, 1), 4)  # noqa: E731
     return {
         "ann_acc": pct(ann_correct),

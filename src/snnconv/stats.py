@@ -414,6 +414,8 @@ class SpikeCounter:
         self._presim_seen: dict[str, tuple[int, int]] = {}  # ... in any simulation so far
         self._neurons: dict[str, IFNeuron] = {}
         self._last_read = 0
+        self._presim_rho = 0
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._B = 0
 
     @contextlib.contextmanager
@@ -436,10 +438,16 @@ class SpikeCounter:
                 h.remove()
             self._acc.clear()
             self._ann.clear()
+            self._buffers.clear()
 
     def _ann_hook(self, name: str):
+        """Keeps, per batch, -a and clamp(a / theta, 0, 1) of the ANN activation a [B, ...] (what the snapshots
+        need: one pass each per T instead of recomputing them)."""
+
         def fn(_mod, _inp, out):
-            self._ann[name] = out.detach()
+            a = out.detach().float()
+            theta = self._neurons[name].theta(a.dim())
+            self._ann[name] = (torch.neg(a), torch.div(a, theta).clamp_(0.0, 1.0))
 
         return fn
 
@@ -458,6 +466,9 @@ class SpikeCounter:
                     _LayerCounts.add(self.layers[name].bias_steps, T, batch * T)
         self._presim_seen.update(self._presim)
         rho = {r for r, _ in self._presim.values()}
+        if len(rho) > 1:
+            raise SnnconvError(f"stats: layers pre-simulate different numbers of steps {sorted(rho)}")
+        self._presim_rho = next(iter(rho), 0)
         self._read = set(self._group) | rho
         self._last_read = max(self._read)
         self._B = batch
@@ -496,28 +507,44 @@ class SpikeCounter:
             _LayerCounts.add(self.layers[name].presim_spikes, T, n.double())
         c.presim_spikes = None
 
+    def _scratch(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two reused buffers of `like`'s shape: fresh large tensors per snapshot cost more than the arithmetic
+        on CPU (page faults). Shared by layers of one shape (snapshots run one at a time)."""
+        key = (tuple(like.shape), like.dtype, like.device)
+        if key not in self._buffers:
+            self._buffers[key] = (torch.empty_like(like), torch.empty_like(like))
+        return self._buffers[key]
+
     @torch.no_grad()
     def _snapshot(self, name: str, neuron: IFNeuron, T: int, acc: torch.Tensor) -> None:
+        """Counts at T from acc = sum of theta * s over steps 1..T [B, ...]. Nine passes over [B, ...], in
+        float32 where exact (integer counts < 2^24), float64 for the per-neuron dot products with the fan-out."""
         layer, counts = self.plan.layers[name], self.layers[name]
         theta = neuron.theta(acc.dim())
-        n = torch.round(acc / theta)  # [B, ...] binary spike counts over steps 1..T
-        per_neuron = n.sum(0, dtype=torch.float64)
+        n_buf, f_buf = self._scratch(acc)
+        n = torch.div(acc, theta, out=n_buf).round_()  # [B, ...] binary spike counts
+        per_neuron = n.sum(0).double()  # [C, H, W], exact: B * T < 2^24
         if T in self._group:
             _LayerCounts.add(counts.spikes, T, per_neuron.sum())
             sops = counts.sops.setdefault(T, {})
             for r in layer.routes:
-                _LayerCounts.add(sops, r.target, (per_neuron * r.fanout).sum())
-            a = self._ann.get(name)
-            if a is not None and a.shape == n.shape:
-                a = a.to(n.dtype)
-                _LayerCounts.add(counts.sq_err, T, ((n * theta / T - a) ** 2).sum(dtype=torch.float64))
-                q = torch.floor(a / theta * T + 0.5).clamp_(0, T)
-                _LayerCounts.add(counts.psi_zero, T, (n == q).sum(dtype=torch.float64))
-        for r, passes in ((r, self._presim.get(r.target, (0, 0))) for r in layer.routes):
-            if passes[1] and T == passes[0]:
-                extra = passes[1] * (per_neuron * r.fanout).sum()
-                for t in self._group:
-                    _LayerCounts.add(counts.presim_sops, t, extra)
+                _LayerCounts.add(sops, r.target, torch.dot(per_neuron.view(-1), r.fanout.view(-1)))
+            ann = self._ann.get(name)
+            if ann is not None and ann[0].shape == n.shape:
+                neg_a, unit = ann
+                d = torch.addcmul(neg_a, n, theta / T, out=f_buf).view(-1)  # theta * n / T - a
+                _LayerCounts.add(counts.sq_err, T, torch.dot(d, d).double())
+                # psi = 0  <=>  n == floor(T * clamp(a / theta, 0, 1) + 1/2)  <=>  e = n - T * unit in (-1/2, 1/2]
+                # <=>  ceil(e - 1/2) == 0
+                e = torch.add(n, unit, alpha=-T, out=f_buf).sub_(0.5).ceil_()
+                _LayerCounts.add(counts.psi_zero, T, e.numel() - torch.count_nonzero(e))
+        if T == self._presim_rho:
+            for r in layer.routes:
+                rho, passes = self._presim.get(r.target, (0, 0))
+                if passes and rho == T:
+                    extra = passes * torch.dot(per_neuron.view(-1), r.fanout.view(-1))
+                    for t in self._group:
+                        _LayerCounts.add(counts.presim_sops, t, extra)
 
     # ------------------------------------------------------------------------------------------------------
     def summary(self, preset: str = "fp32-45nm") -> dict:
