@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from snnconv import SnnconvError
+from snnconv.checkpoints import FORMATS
 
 
 @dataclass
@@ -39,8 +40,11 @@ class DataConfig:
 class ArchConfig:
     name: str = "resnet20"  # a name in snnconv.models' registry
     width: float = 1.0  # channel multiplier (VGG16 also scales its 4096-wide classifier)
-    stem: str = "cifar"  # resnet34 only: imagenet (7x7/2 conv + avg-pool) | cifar (3x3/1, QCFS/COS checkpoints)
+    stem: str = "cifar"  # resnet34 only: imagenet (7x7/2 conv + avg-pool) | cifar (3x3/1, QCFS/COS checkpoints) | deep (SNNC)
     dropout: float = 0.0
+    maxpool: str = "keep"  # keep (refused after a spiking layer) | avg (every MaxPool2d -> AvgPool2d, same geometry)
+    model_name: str = ""  # arch=torchvision | timm: the library's model name (resnet18, resnet34, vgg16_bn, ...)
+    pretrained: bool = False  # arch=torchvision | timm: the library's published weights (downloaded to its cache)
 
 
 @dataclass
@@ -51,7 +55,10 @@ class AnnConfig:
     percentile: float = 99.99  # relu: SNN threshold = this percentile of each layer's calibration activations (100 = max)
     threshold: float = 1.0  # rts: clip value of the threshold ReLU (Deng & Gu: 1 CIFAR-10, 2 CIFAR-100, 3 ImageNet)
     rts_shift: str = "initial"  # rts SNN shift: initial (v0 = theta/2, T-independent) | per_step (theta/(2T) each step)
+    threshold_granularity: str = "layer"  # relu: one threshold per layer | channel (per output channel)
     checkpoint: Optional[str] = None  # load this state dict instead of training / the cache
+    checkpoint_format: str = "auto"  # key layout of ann.checkpoint: auto | snnconv | qcfs | cos | qcfs_old | snnc | torchvision | timm
+    trust_checkpoint: bool = False  # allow unpickling a whole pickled model (runs the file's code)
 
 
 @dataclass
@@ -135,7 +142,10 @@ CHOICES = {
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
     "data.augment": ("none", "crop_flip", "autoaugment", "imagenet"),
-    "arch.stem": ("cifar", "imagenet"),
+    "arch.stem": ("cifar", "imagenet", "deep"),
+    "arch.maxpool": ("keep", "avg"),
+    "ann.threshold_granularity": ("layer", "channel"),
+    "ann.checkpoint_format": FORMATS,
 }
 
 
@@ -159,6 +169,10 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.arch.name not in list_models():
         raise SnnconvError(f"arch.name={cfg.arch.name!r} is not a registered model; choose one of {list_models()}")
+    if cfg.arch.name in ("torchvision", "timm"):
+        from snnconv.models.external import check_model_name
+
+        check_model_name(cfg.arch.name, cfg.arch.model_name)
     checks = [
         (cfg.ann.L >= 1, "ann.L must be >= 1"),
         (0 < cfg.ann.percentile <= 100, "ann.percentile must be in (0, 100]"),

@@ -23,7 +23,7 @@ from snnconv.ann import act_layer, calibrate_thresholds
 from snnconv.data import build_loaders
 from snnconv.evaluate import evaluate
 from snnconv.methods import build_method
-from snnconv.models import create_model
+from snnconv.models import create_model, replace_maxpool
 from snnconv.report import format_table, log_wandb, write_local
 from snnconv.snn import convert, default_time_chunk
 from snnconv.train import load_or_train
@@ -84,7 +84,12 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         width=cfg.arch.width,
         stem=cfg.arch.stem,
         dropout=cfg.arch.dropout,
-    ).to(device)
+        model_name=cfg.arch.model_name,
+        pretrained=cfg.arch.pretrained,
+    )
+    if cfg.arch.maxpool == "avg":
+        replace_maxpool(model)
+    model = model.to(device)
     ann_info = load_or_train(cfg, model, loaders.train, device, progress)
     timing["train"] = round(ann_info.pop("seconds"), 3)
     model.eval()
@@ -92,7 +97,10 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     start = time.perf_counter()
     thresholds = None
     if cfg.ann.name == "relu":
-        thresholds = calibrate_thresholds(model, (x for x, _ in loaders.calib), cfg.ann.percentile, device)
+        thresholds = calibrate_thresholds(
+            model, (x for x, _ in loaders.calib), cfg.ann.percentile, device, cfg.ann.threshold_granularity,
+            num_images=len(loaders.calib.dataset),
+        )
     example = next(iter(loaders.calib))[0][:1].to(device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
@@ -122,7 +130,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     if any("pipelined_latency_steps" in v for v in latency.values()):
         results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
     if thresholds is not None:
-        results["ann"]["snn_thresholds"] = {k: round(v, 6) for k, v in thresholds.items()}
+        results["ann"]["snn_thresholds"] = thresholds  # per channel: [min, mean, max] over the channels
     results.update({key: diag for key, diag in method.result_sections().items() if diag})
 
     write_local(out_dir, results)

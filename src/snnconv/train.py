@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,27 +27,31 @@ from omegaconf import OmegaConf
 
 from snnconv import SnnconvError
 from snnconv.ann import QCFS
+from snnconv.checkpoints import OPTIONAL_SUFFIXES, read_checkpoint, remap_state_dict
 from snnconv.progress import progress_bar
 
 # Fields that do not change the trained weights: excluded from the cache key.
 _DATA_IGNORED = ("root", "download", "test_batch_size", "num_workers", "calib_size", "limit_test")
-_ANN_IGNORED = ("checkpoint", "percentile", "rts_shift")
+_ANN_IGNORED = ("checkpoint", "checkpoint_format", "trust_checkpoint", "percentile", "threshold_granularity", "rts_shift")
 _TRAIN_IGNORED = ("cache", "save_every", "channels_last")
 _TRAIN_OMITTED_AT = {"amp": False}  # in the key only when set, so entries trained before the option keep their key
+# Newer arch fields, likewise left out of the key while at their default.
+_DEFAULTS_IGNORED = {"arch": {"maxpool": "keep", "model_name": "", "pretrained": False}}
 
 
 def cache_key(cfg) -> str:
     """Hex digest (16 chars) identifying the ANN that `train_ann` would produce for this config."""
 
-    def part(node, ignored):
+    def part(node, ignored, group=""):
         d = OmegaConf.to_container(node, resolve=True)
-        return {k: v for k, v in d.items() if k not in ignored}
+        defaults = _DEFAULTS_IGNORED.get(group, {})
+        return {k: v for k, v in d.items() if k not in ignored and not (k in defaults and v == defaults[k])}
 
     train = part(cfg.train, _TRAIN_IGNORED)
     train = {k: v for k, v in train.items() if k not in _TRAIN_OMITTED_AT or v != _TRAIN_OMITTED_AT[k]}
     payload = {
         "data": part(cfg.data, _DATA_IGNORED),
-        "arch": part(cfg.arch, ()),
+        "arch": part(cfg.arch, (), "arch"),
         "ann": part(cfg.ann, _ANN_IGNORED),
         "train": train,
         "seed": int(cfg.seed),
@@ -209,39 +212,20 @@ def train_ann(
     return stats
 
 
-def _extract_state_dict(obj: Any) -> dict:
-    """Accept a bare state dict or {state_dict|model|net: ...}; strip DataParallel's 'module.' prefixes."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    for key in ("state_dict", "model", "net", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise SnnconvError("checkpoint holds no state dict; save model.state_dict() and pass it as ann.checkpoint")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 def _short_list(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_state(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load `path` into `model`, refusing missing / unexpected / mis-shaped keys with a one-line SnnconvError.
+def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", trust: bool = False) -> str:
+    """Load `path` into `model`, its keys renamed from layout `fmt` first (`snnconv.checkpoints`), refusing
+    missing / unexpected / mis-shaped keys with a one-line SnnconvError. Returns the layout used (`auto` resolved).
 
     ReLU sources' `snn_threshold` buffers may be absent (they are set from calibration data after loading).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise SnnconvError(f"ann.checkpoint={str(path)!r} does not exist; pass the path of a saved state dict")
-    try:
-        state = _extract_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-    except SnnconvError:
-        raise
-    except Exception as exc:
-        raise SnnconvError(f"cannot read ann.checkpoint={str(p)!r}: {type(exc).__name__}: {exc}") from exc
+    state = read_checkpoint(path, trust)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("snn_threshold")]
+    state, used = remap_state_dict(state, fmt, own)
+    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
     unexpected = [k for k in state if k not in own]
     shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shape:
@@ -253,11 +237,12 @@ def load_state(model: nn.Module, path: str | os.PathLike) -> None:
         if shape:
             parts.append(f"shape mismatch at {_short_list(shape)}")
         raise SnnconvError(
-            f"ann.checkpoint {p.name} does not fit arch={model.__class__.__name__} with this ann source: "
-            + "; ".join(parts)
-            + " (check arch.*, ann.*, data.num_classes)"
+            f"ann.checkpoint {Path(path).name} (read as layout {used}) does not fit arch={model.__class__.__name__} "
+            "with this ann source: " + "; ".join(parts)
+            + " (check arch.*, ann.name, data.num_classes, or set ann.checkpoint_format)"
         )
     model.load_state_dict(state, strict=False)
+    return used
 
 
 def _atomic_save(state: dict, path: Path) -> None:
@@ -302,8 +287,9 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
     """
     start = time.perf_counter()
     if cfg.ann.checkpoint:
-        load_state(model, cfg.ann.checkpoint)
-        return {"source": "checkpoint", "path": str(cfg.ann.checkpoint), "seconds": time.perf_counter() - start}
+        used = load_state(model, cfg.ann.checkpoint, cfg.ann.checkpoint_format, cfg.ann.trust_checkpoint)
+        info = {"source": "checkpoint", "path": str(cfg.ann.checkpoint), "checkpoint_format": used}
+        return {**info, "seconds": time.perf_counter() - start}
     key = cache_key(cfg)
     path = Path(cfg.checkpoint_dir) / f"{cfg.data.name}-{cfg.arch.name}-{cfg.ann.name}-{key}.pt"
     if not cfg.train.cache:

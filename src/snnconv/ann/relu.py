@@ -1,13 +1,19 @@
-"""Plain ReLU source. SNN threshold per layer = a percentile (99.9, 99.99, or 100 = max) of that layer's
-activations on calibration images from the training split; v0 = theta / 2.
+"""Plain ReLU source. SNN threshold = a percentile (99.9, 99.99, or 100 = max) of the activations on the
+calibration images from the training split, per layer or per output channel (`ann.threshold_granularity`);
+v0 = theta / 2.
 
-The percentile is taken per calibration batch (exact, via kthvalue on all elements) and averaged over batches
-(SpikingJelly's robust-norm style); `percentile=100` takes the max over all batches instead.
+The percentile is exact over the WHOLE calibration subset (numpy's default linear interpolation between order
+statistics), not a mean of per-batch percentiles (SpikingJelly's VoltageHook averages per-batch values with a
+momentum, which makes the threshold depend on the batch size): `TopValues` streams the batches and keeps only
+the values above the percentile's rank. Per-channel thresholds are what SpikingJelly's channel-wise
+normalisation (and Rueckauer et al. 2017's robust normalisation per channel) uses; the IF neuron takes a [C]
+threshold as is (`snnconv.snn.neuron.per_channel`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -24,29 +30,119 @@ class ReLUAct(SourceActivation):
     def forward(self, x):
         return torch.relu(x)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "snn_threshold"
+        if key in state_dict:  # [] per layer or [C] per channel, set by calibration: adopt the saved shape
+            self.snn_threshold = torch.empty_like(state_dict[key], device=self.snn_threshold.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def neuron_spec(self) -> NeuronSpec:
-        if math.isnan(self.snn_threshold.item()):
+        if torch.isnan(self.snn_threshold).any():
             raise SnnconvError("ReLU thresholds are not set: call calibrate_thresholds() before converting")
         return NeuronSpec(threshold=self.snn_threshold.clone(), v0_frac=0.5)
 
 
-def _percentile(x: torch.Tensor, p: float) -> torch.Tensor:
-    flat = x.detach().flatten().float()
-    if p >= 100:
-        return flat.max()
-    k = max(1, min(flat.numel(), math.ceil(flat.numel() * p / 100.0)))
-    return flat.kthvalue(k).values
+def percentile_rank(n: int, percentile: float) -> tuple[int, float]:
+    """numpy's default ("linear") percentile of n sorted values v[0] <= ... <= v[n-1]: h = (n-1) p/100,
+    result v[lo] + (h - lo) (v[lo+1] - v[lo]) with lo = floor(h). Returns (lo, h - lo)."""
+    h = (percentile / 100.0) * (n - 1)
+    lo = min(int(math.floor(h)), n - 1)
+    return lo, h - lo
+
+
+def _lerp(a: float, b: float, g: float) -> float:
+    """numpy's `_lerp` (numpy/lib/_function_base_impl.py), so the result equals np.percentile's to the bit."""
+    diff = b - a
+    return b - diff * (1 - g) if g >= 0.5 else a + diff * g
+
+
+class TopValues:
+    """The exact `percentile` of every group's values streamed in batches, for groups of n values each.
+
+    Keeps only each group's k = n - lo largest values seen so far (lo from `percentile_rank`): the two order
+    statistics the percentile needs are the smallest two of the final top k. Memory: groups x (k + one batch's
+    values), k ~ n (1 - p/100) + 1; for p = 99.9 that is 0.1 % of the values. The result does not depend on how
+    the values are split into batches. groups: 1 (per layer) or C (per channel).
+    """
+
+    def __init__(self, n: int, percentile: float, groups: int):
+        if n < 1:
+            raise ValueError("no values")
+        self.n, self.groups = n, groups
+        self.lo, self.gamma = percentile_rank(n, percentile)
+        self.k = n - self.lo
+        self.seen = 0
+        self.top: torch.Tensor | None = None  # [groups, <= k], descending
+
+    def add(self, values: torch.Tensor) -> None:
+        """values: [groups, m]."""
+        self.seen += values.shape[1]
+        if self.seen > self.n:
+            raise RuntimeError(f"more values ({self.seen}) than announced ({self.n})")
+        merged = values if self.top is None else torch.cat([self.top, values], dim=1)
+        k = min(self.k, merged.shape[1])
+        self.top = merged.topk(k, dim=1, largest=True, sorted=True).values
+
+    def result(self) -> torch.Tensor:
+        """[groups] float64: the percentile of each group."""
+        if self.seen != self.n:
+            raise RuntimeError(f"saw {self.seen} values per group, announced {self.n}")
+        top = self.top.double().cpu()
+        lo_vals = top[:, self.k - 1]  # ascending index lo = the k-th largest
+        hi_vals = top[:, self.k - 2] if self.k >= 2 else lo_vals
+        return torch.tensor([_lerp(float(a), float(b), self.gamma) for a, b in zip(lo_vals, hi_vals)],
+                            dtype=torch.float64)
+
+
+def _grouped(out: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """[B, C, ...] -> [C, B * prod(...)] (per channel: channel dim 1, a Linear's features) or [1, numel]."""
+    x = out.detach().float()
+    if not per_channel:
+        return x.reshape(1, -1)
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
 @torch.no_grad()
-def calibrate_thresholds(model: nn.Module, batches, percentile: float, device) -> dict[str, float]:
-    """Set every ReLUAct's `snn_threshold` from images [B, C, H, W] in `batches`; returns {name: theta}."""
+def calibrate_thresholds(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    percentile: float,
+    device,
+    granularity: str = "layer",
+    num_images: int | None = None,
+) -> dict[str, float | list[float]]:
+    """Set every ReLUAct's `snn_threshold` to the exact `percentile` (numpy's linear interpolation; 100 = max) of
+    its activations over ALL calibration images: one value per layer ([] buffer) or, with granularity="channel",
+    one per output channel ([C] buffer; a Linear layer's features are its channels). Thresholds are floored at
+    1e-6 (a never-active layer or channel).
+
+    batches: images [B, C, H, W]; when num_images (their total) is not given, they are gathered in a list first,
+    since the exact selection must know each group's value count up front. Result: {name: theta} (per channel:
+    [min, mean, max] over channels). Memory: see TopValues (per layer and channel, (1 - p/100) of the values).
+    Raises SnnconvError for an unknown granularity or no images.
+    """
+    if granularity not in ("layer", "channel"):
+        raise SnnconvError(f"ann.threshold_granularity={granularity!r} is not one of layer, channel")
+    if num_images is None:
+        batches = list(batches)
+        num_images = sum(int(x.shape[0]) for x in batches)
+    if num_images < 1:
+        raise SnnconvError("ReLU thresholds need calibration images; raise data.calib_size")
+    per_channel = granularity == "channel"
     acts = {n: m for n, m in model.named_modules() if isinstance(m, ReLUAct)}
-    values: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out, n=n: values[n].append(_percentile(out, percentile)))
-        for n, m in acts.items()
-    ]
+    stats: dict[str, TopValues] = {}
+
+    def hook(name):
+        def fn(_mod, _inp, out):
+            values = _grouped(out, per_channel)
+            if name not in stats:
+                per_image = values.shape[1] // out.shape[0]
+                stats[name] = TopValues(per_image * num_images, percentile, values.shape[0])
+            stats[name].add(values)
+
+        return fn
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in acts.items()]
     was_training = model.training
     model.eval()
     try:
@@ -56,10 +152,14 @@ def calibrate_thresholds(model: nn.Module, batches, percentile: float, device) -
         for h in hooks:
             h.remove()
         model.train(was_training)
-    result = {}
+    result: dict[str, float | list[float]] = {}
     for n, m in acts.items():
-        v = torch.stack(values[n])
-        theta = v.max() if percentile >= 100 else v.mean()
-        m.snn_threshold.fill_(max(float(theta), 1e-6))
-        result[n] = float(m.snn_threshold)
+        if n not in stats:
+            raise SnnconvError(f"activation {n!r} did not run on the calibration images")
+        theta = stats[n].result().clamp_min(1e-6).float()
+        m.snn_threshold = (theta if per_channel else theta.reshape(())).to(m.snn_threshold.device)
+        result[n] = (
+            [round(float(theta.min()), 6), round(float(theta.mean()), 6), round(float(theta.max()), 6)]
+            if per_channel else round(float(theta), 6)
+        )
     return result
