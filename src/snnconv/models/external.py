@@ -18,6 +18,7 @@ kernel, stride, padding and ceil_mode: max-pooling after a spiking layer has no 
 from __future__ import annotations
 
 import difflib
+import functools
 
 import torch
 import torch.fx
@@ -124,21 +125,25 @@ def _check_name(library: str, model_name: str, names) -> None:
     if not model_name:
         raise SnnconvError(f"arch={library} needs arch.model_name, e.g. arch.model_name=resnet18")
     if model_name not in names:
-        close = difflib.get_close_matches(model_name, list(names), n=5)
+        close = difflib.get_close_matches(model_name, sorted(names), n=5)
         raise SnnconvError(f"arch.model_name={model_name!r} is not a {library} model" +
                            (f"; close: {', '.join(close)}" if close else ""))
 
 
-def check_model_name(library: str, model_name: str) -> None:
-    """Refuse (SnnconvError) a missing or unknown model name before any work starts."""
+@functools.cache
+def _model_names(library: str) -> frozenset[str]:
     if library == "torchvision":
         import torchvision
 
-        _check_name(library, model_name, torchvision.models.list_models(module=torchvision.models))
-    else:
-        import timm
+        return frozenset(torchvision.models.list_models(module=torchvision.models))
+    import timm
 
-        _check_name(library, model_name.split(".")[0], timm.list_models())
+    return frozenset(timm.list_models())
+
+
+def check_model_name(library: str, model_name: str) -> None:
+    """Refuse (SnnconvError) a missing or unknown model name before any work starts."""
+    _check_name(library, model_name.split(".")[0] if library == "timm" else model_name, _model_names(library))
 
 
 @register_model
