@@ -281,7 +281,8 @@ class FTBC(Method):
         layers = {}
         per_iter = torch.zeros(self.iterations)
         for name, neuron in neurons.items():
-            d = ctrls[name].abs_delta / n_batches  # [iterations, steps]: batch mean of mean_c |delta_t|
+            # [iterations, steps]: batch mean of mean_c |delta_t|, read to the host (it lives on the network's device)
+            d = ctrls[name].abs_delta.cpu() / n_batches
             per_iter += d.mean(1)
             layers[name] = {
                 "mean_abs_delta": round(float(d[-1].mean()), 8),
