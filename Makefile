@@ -83,6 +83,9 @@ $(CPU_OUT)/bench_%.txt: | $(STAMP)
 # Published rows (GPU machines): make reproduce-<data>-<arch>-<method>, e.g. reproduce-cifar100-vgg16-cos.
 # <method>: baseline | cos | ftbc (QCFS ANN) | ftbc_relu ("Ours*") | ftbc_rts ("+RTS"); presets: conf/experiment/.
 # Extra overrides: make reproduce-cifar100-vgg16-cos ARGS='data.root=/datasets device=cuda:1'
+# On a SLURM cluster: make reproduce-cifar100-vgg16-cos LAUNCHER=slurm ARGS='hydra.launcher.partition=gpu'
+# (conf/hydra/launcher/slurm.yaml: one GPU, 9 CPUs, requeue on timeout with resumed training; outputs in multirun/)
+LAUNCHER ?=
 METHOD_baseline := baseline
 METHOD_cos := offset_spike
 METHOD_ftbc := ftbc
@@ -103,4 +106,4 @@ list-reproduce:  ## list the reproduce-<data>-<arch>-<method> targets of the pub
 
 $(GPU_TARGETS): reproduce-%: $(STAMP)
 	$(eval W := $(subst -, ,$*))
-	$(PY) run.py experiment=$(word 1,$(W))_$(word 2,$(W))_$(SRC_$(word 3,$(W))) method=$(METHOD_$(word 3,$(W))) $(ARGS)
+	$(PY) run.py $(if $(LAUNCHER),-m hydra/launcher=$(LAUNCHER)) experiment=$(word 1,$(W))_$(word 2,$(W))_$(SRC_$(word 3,$(W))) method=$(METHOD_$(word 3,$(W))) $(ARGS)

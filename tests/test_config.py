@@ -4,6 +4,7 @@ and values are refused, and the per-dataset training recipe follows `data`."""
 from __future__ import annotations
 
 import itertools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,16 @@ def test_list_sweep_values_compose(compose_cfg):
     cfg = compose_cfg(["T=[1,2,4]", "method=ftbc", "method.alpha=0.3"])
     validate(cfg)
     assert list(cfg.T) == [1, 2, 4] and cfg.method.alpha == 0.3
+
+
+def test_slurm_launcher_requeues_and_feeds_the_loader_workers():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
+    assert launcher.gpus_per_node == 1 and launcher.cpus_per_task == 9  # 8 auto workers + the main process
+    dry = subprocess.run(["make", "-n", "reproduce-cifar100-vgg16-cos", "LAUNCHER=slurm", "STAMP="],
+                         cwd=CONF.parent, capture_output=True, text=True, check=True).stdout
+    assert "run.py -m hydra/launcher=slurm experiment=cifar100_vgg16_qcfs method=offset_spike" in dry
