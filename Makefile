@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test test-full lint bench clean-outputs reproduce-cpu
+.PHONY: help setup demo test test-full lint bench clean-outputs reproduce-cpu gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-22s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## simulation speed: SNN(T=32) time / (32 x ANN time), per time_chunk
 	$(PY) scripts/bench_simulation.py
+
+# Runs from src/ without installation: the .venv python when there is one, else python3 with torch, torchvision,
+# timm, scikit-learn, matplotlib, tqdm, hydra-core, omegaconf. GPU_CHECK_ARGS=--dry-run: toy scale on any device.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:  ## the device check on one CUDA GPU (at most ~8 min): gpu tests, pipelines, benchmarks, memory planner, bf16
+	PYTHONPATH=src $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-outputs:  ## delete run outputs (keeps the checkpoint cache)
 	rm -rf outputs/20* multirun
