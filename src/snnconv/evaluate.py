@@ -41,37 +41,44 @@ def evaluate(
     max_batches: int = 0,
     progress: bool = True,
     counter: SpikeCounter | None = None,
+    micro_batch: int = 0,
 ) -> dict:
     """Returns {"ann_acc": %, "acc": {T: %}, "agreement": {T: %}, "images": n} over the loader; `counter`
-    (optional) counts during the same simulations (read its `summary()` afterwards)."""
+    (optional) counts during the same simulations (read its `summary()` afterwards). `micro_batch` in [1, B):
+    each loader batch is evaluated that many images at a time (a memory plan, `snnconv.snn.memory`; images are
+    independent, so nothing changes, tests/test_memory.py). Counts stay on the device until the end."""
     ann.eval()
     snn.eval()
     method.attach(snn)
     T_list = sorted(set(int(t) for t in T_list))
     groups = [[t] for t in T_list] if depends_on_T(snn) else [T_list]
-    correct = torch.zeros(len(T_list), dtype=torch.long)
-    agree = torch.zeros(len(T_list), dtype=torch.long)
-    ann_correct, n = 0, 0
+    correct = torch.zeros(len(T_list), dtype=torch.long, device=device)
+    agree = torch.zeros(len(T_list), dtype=torch.long, device=device)
+    ann_correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     total = min(len(loader), max_batches) if max_batches else len(loader)
     counting = counter.attached(snn, ann) if counter is not None else contextlib.nullcontext()
     with counting:
-        for i, (x, y) in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+        for i, (xb, yb) in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
             if max_batches and i >= max_batches:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            ann_pred = ann(x).argmax(-1)
-            ann_correct += (ann_pred == y).sum().item()
-            preds = []
-            for group in groups:
-                steps = method.sim_steps(max(group))
-                if counter is not None:
-                    counter.begin(group, x.shape[0])
-                out = snn(x, steps, time_chunk, first_chunk=method.first_chunk)
-                preds.append(correct_per_step(out, y, group))
-            pred = torch.cat(preds)
-            correct += (pred == y).sum(1).cpu()
-            agree += (pred == ann_pred).sum(1).cpu()
-            n += y.numel()
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            parts = zip(xb.split(micro_batch), yb.split(micro_batch)) if 0 < micro_batch < len(xb) else [(xb, yb)]
+            for x, y in parts:
+                ann_pred = ann(x).argmax(-1)
+                ann_correct += (ann_pred == y).sum()
+                preds = []
+                for group in groups:
+                    steps = method.sim_steps(max(group))
+                    if counter is not None:
+                        counter.begin(group, x.shape[0])
+                    out = snn(x, steps, time_chunk, first_chunk=method.first_chunk)
+                    preds.append(correct_per_step(out, y, group))
+                pred = torch.cat(preds)
+                correct += (pred == y).sum(1)
+                agree += (pred == ann_pred).sum(1)
+                n += y.numel()
+    correct, agree, ann_correct = correct.cpu(), agree.cpu(), ann_correct.cpu()
     pct = lambda c: round(100.0 * float(c) / max(n, 1), 4)  # noqa: E731
     return {
         "ann_acc": pct(ann_correct),

@@ -54,18 +54,12 @@ class SpikingNetwork(nn.Module):
             elif isinstance(m, StaticMemo):
                 m.clear()
 
-    def forward(
-        self, x: torch.Tensor, T: int, time_chunk: int | None = None, first_chunk: int = 0, micro_batch: int = 0
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, T: int, time_chunk: int | None = None, first_chunk: int = 0) -> torch.Tensor:
         """x: [B, ...] static input; returns the output layer at every step, [T, B, classes].
 
         Steps run `time_chunk` at a time, except the first chunk, which holds at least `first_chunk` steps
         (COS pre-simulates on a layer's first rho inputs, so it needs them in one call; later steps are ordinary).
-        `micro_batch` in [1, B): the images are simulated that many at a time and the outputs concatenated (a
-        memory plan, `snnconv.snn.memory`; samples are independent, so the result is the same).
         """
-        if 0 < micro_batch < x.shape[0]:
-            return torch.cat([self(part, T, time_chunk, first_chunk) for part in x.split(micro_batch)], dim=1)
         k = max(1, min(time_chunk or default_time_chunk(x.device, T), T))
         first = min(T, max(k, int(first_chunk)))
         B = x.shape[0]
