@@ -92,11 +92,9 @@ def test_list_sweep_values_compose(compose_cfg):
     assert list(cfg.T) == [1, 2, 4] and cfg.method.alpha == 0.3
 
 
-def test_slurm_launcher_requeues_and_feeds_the_loader_workers():
+def test_slurm_launcher_requeues_and_feeds_the_loader_workers(compose_cfg):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)  # fixture's Hydra
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
     assert launcher.gpus_per_node == 1 and launcher.cpus_per_task == 9  # 8 auto workers + the main process
