@@ -12,6 +12,7 @@ the whole pipeline per method on digits within 1 percentage point of CPU accurac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,14 +54,24 @@ def cfg(**kw):
 
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["vgg16", "resnet20"])
-def test_time_chunks_on_cuda_equal_cpu_bit_for_bit(arch):
-    x = dyadic_images(6, 7)
-    _, snn_cpu, _ = on("cpu", dyadic_ann(arch), x)
-    reference = snn_cpu(x, 8, 1)
-    _, snn, xc = on(CUDA, dyadic_ann(arch), x)
-    with exact():
-        for chunk in (1, 3, 8):
-            assert torch.equal(snn(xc, 8, chunk).cpu(), reference), chunk
+@pytest.mark.parametrize("net", ["dyadic", "random"])
+def test_time_chunks_on_cuda_against_cpu(arch, net):
+    """Dyadic nets, cuDNN off: bit for bit. Random nets, cuDNN on (the production path): within 1e-4 on at least
+    99.9 % of the [T, B, classes] entries."""
+    dyadic = net == "dyadic"
+    x = dyadic_images(6, 7) if dyadic else images(16, 5)
+    ann = dyadic_ann(arch) if dyadic else random_ann(arch)
+    T = 8 if dyadic else 16
+    reference = on("cpu", ann, x)[1](x, T, 1)
+    _, snn, xc = on(CUDA, ann, x)
+    with exact() if dyadic else contextlib.nullcontext():
+        for chunk in (1, 3, T):
+            out = snn(xc, T, chunk).cpu()
+            if dyadic:
+                assert torch.equal(out, reference), chunk
+            else:
+                off = ((out - reference).abs() > 1e-4).float().mean().item()
+                assert off <= 1e-3, (chunk, off)
 
 
 @pytest.mark.parametrize("update", ["residual", "oracle"])
@@ -98,19 +109,6 @@ def test_cos_on_cuda_equals_its_slow_reference_and_cpu():
         ref = network_reference(ann, xc, 8, 4, 2).cpu()
     assert torch.equal(out, cpu) and torch.equal(ref, cpu)
     assert method.diagnostics()["total"]["neurons"] > 0  # diagnostics summed on the device, read on the host
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("arch", ["vgg16", "resnet20"])
-def test_cudnn_path_within_fp32_tolerance_of_cpu(arch):
-    x = images(16, 5)
-    _, snn_c, _ = on("cpu", random_ann(arch), x)
-    cpu = snn_c(x, 16, 1)
-    _, snn, xc = on(CUDA, random_ann(arch), x)
-    for chunk in (1, 16):
-        out = snn(xc, 16, chunk).cpu()
-        off = ((out - cpu).abs() > 1e-4).float().mean().item()
-        assert off <= 1e-3, (chunk, off)
 
 
 def test_one_pipeline_per_method_on_cuda_matches_cpu(tmp_path):
