@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from snnconv.ann.qcfs import QCFS
-from snnconv.methods.ftbc import FTBC, naive_calibrate
+from snnconv.methods.ftbc import FTBC
+from snnconv.methods.reference import naive_calibrate
 from snnconv.models import create_model
 from snnconv.snn import convert, default_time_chunk
-from snnconv.timing import median_time
+from snnconv.utils import median_time
 
 
 def make_images(n: int, batch: int, digits: bool, seed: int) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ from snnconv.ann import QCFS
 from snnconv.models import create_model
 from snnconv.snn import convert, default_time_chunk
 from snnconv.stats import SpikeCounter, build_plan
-from snnconv.timing import median_time
+from snnconv.utils import median_time
 
 
 def load_images(n: int) -> torch.Tensor:

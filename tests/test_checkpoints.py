@@ -225,7 +225,7 @@ def test_torchvision_and_snnc_vgg16_bn_key_sets_and_shapes(fmt):
         model = build_ours("vgg16", ReLUAct, num_classes=1000, img_size=224)
     assert detect_format(state) == "torchvision"
     mapped, _ = remap_state_dict(state, fmt, model.state_dict())
-    own = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("snn_threshold")}
+    own = {k: v.shape for k, v in model.state_dict().items() if not k.endswith(".threshold")}
     assert {k: v.shape for k, v in mapped.items()} == own and len(own) == 97
 
 
@@ -243,7 +243,7 @@ def test_torchvision_and_snnc_vgg16_bn_load_with_identical_logits():
     mapped, fmt = remap_state_dict(state, "auto", model.state_dict())
     assert fmt == "torchvision" and remap_state_dict(state, "snnc", model.state_dict())[0].keys() == mapped.keys()
     model.load_state_dict(mapped, strict=False)
-    assert set(model.state_dict()) - set(mapped) == {k for k in model.state_dict() if k.endswith("snn_threshold")}
+    assert set(model.state_dict()) - set(mapped) == {k for k in model.state_dict() if k.endswith(".threshold")}
     assert_same_logits(ref, model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(8)))
 
 

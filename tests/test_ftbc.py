@@ -23,8 +23,10 @@ from snnconv.ann.base import NeuronSpec, SourceActivation
 from snnconv.evaluate import evaluate
 from snnconv.methods import build_method
 from snnconv.methods.baseline import Baseline
-from snnconv.methods.ftbc import FTBC, FTBCController, FTBCOffsetSpike, channel_mean, naive_calibrate
+from snnconv.methods.ftbc import FTBC, FTBCController, channel_mean
+from snnconv.methods.ftbc_offset_spike import FTBCOffsetSpike
 from snnconv.methods.offset_spike import OffsetSpike
+from snnconv.methods.reference import naive_calibrate
 from snnconv.snn import convert
 
 
@@ -92,7 +94,7 @@ def test_without_refire_the_streaming_pass_is_not_exact(monkeypatch):
 
     def no_refire(self, neuron, t, current, m, s, v_prev):
         original(self, neuron, t, current, m, s, v_prev)  # updates beta[t] ...
-        return m, s, m - neuron.theta(m.dim()) * s  # ... but keeps the old spikes
+        return m, s, m - neuron.threshold_view(m.dim()) * s  # ... but keeps the old spikes
 
     monkeypatch.setattr(FTBCController, "step", no_refire)
     FTBC(cfg(iterations=1)).calibrate(snn, ann, batches, 4, 1)
@@ -272,7 +274,7 @@ def per_step_rate_error(snn, ann, x, T, method) -> float:
     for h in hooks:
         h.remove()
     for neuron in snn.neurons().values():
-        neuron.controller = None
+        neuron.controllers = ()
     errs = []
     for n, chunks in outs.items():
         seq = torch.cat(chunks).view(steps, x.shape[0], *chunks[0].shape[1:])
@@ -310,7 +312,7 @@ def test_protocol_diagnostics_and_clean_state():
     assert list(diag["layers"]) == list(snn.neurons())
     for name, neuron in snn.neurons().items():
         layer = diag["layers"][name]
-        assert neuron.controller is None
+        assert neuron.controllers == ()
         assert neuron.bias.shape == (6, layer["channels"])
         assert (
             abs(layer["bias_norm"] - float(neuron.bias.norm())) < 1e-5
@@ -356,7 +358,7 @@ def test_ftbc_offset_spike_protocol_and_T_below_rho():
     ann, snn = build("resnet20")
     diag = method.calibrate(snn, ann, [images(4, 19)], 2, 1)  # T_max = 2 < rho: biases cover the rho steps
     for neuron in snn.neurons().values():
-        assert neuron.bias.shape[0] == 4 and neuron.controller is None
+        assert neuron.bias.shape[0] == 4 and neuron.controllers == ()
     assert diag["steps"] == 4
     loader = [(images(4, 20), torch.arange(4))]
     res = evaluate(snn, ann, loader, [1, 2], method, torch.device("cpu"), 1, progress=False)

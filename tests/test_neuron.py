@@ -7,7 +7,7 @@ import torch
 
 from snnconv.ann.base import NeuronSpec
 from snnconv.ann.qcfs import qcfs
-from snnconv.snn.neuron import IFNeuron, SimContext, if_step
+from snnconv.snn.neuron import Controller, IFNeuron, SimContext, if_step
 
 
 def simulate_constant(x: torch.Tensor, theta: torch.Tensor, T: int, v0_frac: float = 0.5) -> torch.Tensor:
@@ -94,8 +94,8 @@ def test_controller_step_is_the_fused_step_bit_for_bit(shift_per_step):
     """IFNeuron.step (used by FTBC's re-fire and COS's pre-simulation) rounds exactly like the fused in-place step
     the deployed network runs, so a calibration trajectory is the deployed one, spike for spike."""
 
-    class Passive:  # a controller that changes nothing: forces the IFNeuron.step path
-        def on_step(self, neuron, t, current, m, s):
+    class Passive(Controller):  # a controller that changes nothing: forces the IFNeuron.step path
+        def on_step(self, neuron, t, current, v_prev, m, s):
             return m, s
 
     gen = torch.Generator().manual_seed(0)
@@ -108,6 +108,6 @@ def test_controller_step_is_the_fused_step_bit_for_bit(shift_per_step):
         ctx.batch, ctx.chunk, ctx.total_steps = B, T, T
         neuron = IFNeuron(NeuronSpec(theta, v0_frac=0.5, shift_per_step=shift_per_step), ctx)
         neuron.set_bias(bias)
-        neuron.controller = controller
+        neuron.controllers = (controller,) if controller is not None else ()
         outs.append((neuron(x), neuron.v.clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nets import images, random_ann
+from snnconv import SnnconvError
 from snnconv.ann.base import NeuronSpec
 from snnconv.ann.qcfs import QCFS, qcfs
 from snnconv.evaluate import evaluate
@@ -39,7 +40,7 @@ def run(theta, seq, controller=None, chunk=None):
     T = chunk or seq.shape[0]
     B = seq.shape[-2]
     neuron = make_neuron(theta, B, T)
-    neuron.controller = controller
+    neuron.controllers = (controller,) if controller is not None else ()
     neuron.reset()
     x = seq if seq.dim() == 2 else seq.reshape(T * B, -1)
     out = neuron(x).view(T, B, -1) / theta
@@ -186,7 +187,7 @@ def test_per_channel_threshold_and_step_bias_use_the_neurons_dynamics():
     ctx = SimContext()
     ctx.batch, ctx.chunk, ctx.total_steps = B, T, T
     neuron = IFNeuron(NeuronSpec(threshold=thetas), ctx)
-    neuron.controller = OffsetSpikeController(rho, 2, EPS)
+    neuron.controllers = (OffsetSpikeController(rho, 2, EPS),)
     neuron.reset()
     out = neuron(seq.reshape(T * B, C, 2, 2)).view(T, B, C, 2, 2)
     for c in range(C):
@@ -272,7 +273,7 @@ def test_network_matches_slow_reference(net, passes):
     with torch.no_grad():
         out = snn(x, T, T)
         for neuron in snn.neurons().values():
-            neuron.controller = None
+            neuron.controllers = ()
         plain = snn(x, T, T)
     ref = network_reference(ann, x, T, rho, passes)
     assert torch.allclose(out, ref, atol=1e-5, rtol=0)
@@ -328,7 +329,7 @@ def test_latency_sim_steps_and_registry():
 
     built = build_method(OmegaConf.create({"name": "offset_spike", "rho": 8, "passes": 3, "eps": 0.01}))
     assert isinstance(built, OffsetSpike) and (built.rho, built.passes, built.eps) == (8, 3, 0.01)
-    with pytest.raises(ValueError):
+    with pytest.raises(SnnconvError, match="method.rho=0 must be >= 1"):
         OffsetSpike(cfg(rho=0))
 
 
@@ -361,7 +362,7 @@ def _layer_sizes(snn, x1):
     hooks = [n.register_forward_hook(lambda m, i, o: sizes.append(o)) for n in snn.neurons().values()]
     with torch.no_grad():
         for n in snn.neurons().values():
-            n.controller = None
+            n.controllers = ()
         snn(x1, 1, 1)
     for h in hooks:
         h.remove()

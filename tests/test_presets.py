@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
+from conftest import compose_config
 from fake_data import write_cifar10, write_cifar100, write_imagefolder
 from snnconv import data as data_module
-from snnconv.config import register_configs, validate
+from snnconv.config import validate
 from snnconv.runner import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -41,9 +41,7 @@ def test_preset_runs_its_first_steps(preset, tmp_path, monkeypatch):
     elif preset.startswith("cpu_fmnist"):
         if not any(Path(d).is_dir() for d in data_module.FASHION_MNIST_SEARCH_DIRS):
             pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(*overrides)
     validate(cfg)
     assert cfg.task_name.startswith(preset)
     results = run(cfg, tmp_path / "out", progress=False)

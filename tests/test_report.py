@@ -32,6 +32,7 @@ def results():
             "T": [1, 2, 4],
         },
         "offset_spike": {"n_shifted": 3, "mean_shift": {"layer1": 0.25}, "note": "text is skipped"},
+        "sections": ["offset_spike"],
     }
 
 

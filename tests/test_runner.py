@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from conftest import compose_config
 from snnconv import SnnconvError
-from snnconv.config import register_configs, validate
+from snnconv.config import validate
 from snnconv.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +24,7 @@ SMALL = ("arch=resnet20", "data.img_size=16")
 
 
 def make_cfg(tmp_path: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose(config_name="config", overrides=[f"checkpoint_dir={tmp_path / 'ckpt'}", *overrides])
+    cfg = compose_config(f"checkpoint_dir={tmp_path / 'ckpt'}", *overrides)
     validate(cfg)
     return cfg
 
@@ -127,9 +125,10 @@ def test_bad_overrides_exit_nonzero_without_a_traceback(tmp_path, override):
 
 
 def test_calibration_request_larger_than_the_subset_is_refused(trained):
-    """method.batches x method.batch_size beyond data.calib_size used to be cut silently to what was there."""
+    """method.batches x method.batch_size beyond data.calib_size used to be cut silently to what was there; it is
+    refused before any work, and only for methods that calibrate on images (the baseline needs none)."""
     tmp, _, _, _ = trained
-    cfg = make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.batches=9", "method.batch_size=64")
-    with pytest.raises(SnnconvError, match=r"needs 576 calibration images but the calibration subset holds 512; "
-                                           r"raise data.calib_size or lower method.batches"):
-        run(cfg, tmp / "run_calib", progress=False)
+    with pytest.raises(SnnconvError, match=r"method.batches=9 x method.batch_size=64 = 576 training images but "
+                                           r"data.calib_size=512; raise data.calib_size"):
+        make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.batches=9", "method.batch_size=64", "data.calib_size=512")
+    make_cfg(tmp, *SMALL, "T=[1,2]", "method=baseline", "data.calib_size=16")  # validates

@@ -159,7 +159,7 @@ def _binary_spikes(snn, x, T):
     for name, n in snn.neurons().items():
         def hook(mod, _inp, out, name=name):
             k = out.shape[0] // x.shape[0]
-            spikes.setdefault(name, []).append((out.view(k, x.shape[0], *out.shape[1:]) / mod.theta(out.dim())).round())
+            spikes.setdefault(name, []).append((out.view(k, x.shape[0], *out.shape[1:]) / mod.threshold_view(out.dim())).round())
         handles.append(n.register_forward_hook(hook))
     snn(x, T, 1)
     for h in handles:

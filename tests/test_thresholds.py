@@ -52,8 +52,8 @@ def test_thresholds_equal_numpy_percentile_of_all_values(granularity, p):
     a2 = torch.relu(2 * a1 - 0.3)
     for act, a in ((model.act1, a1), (model.act2, a2)):
         ref = _numpy_reference(a, p, granularity == "channel").clamp_min(1e-6)
-        assert act.snn_threshold.shape == ref.shape
-        assert torch.equal(act.snn_threshold, ref), (act.snn_threshold, ref)
+        assert act.threshold.shape == ref.shape
+        assert torch.equal(act.threshold, ref), (act.threshold, ref)
 
 
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
@@ -63,10 +63,10 @@ def test_thresholds_do_not_depend_on_the_batch_size(granularity):
     calibrate_thresholds(one, list(x.split(1)), 99.9, "cpu", granularity)
     calibrate_thresholds(whole, [x], 99.9, "cpu", granularity, num_images=24)
     for a, b in ((one.act1, whole.act1), (one.act2, whole.act2)):
-        assert torch.equal(a.snn_threshold, b.snn_threshold)
+        assert torch.equal(a.threshold, b.threshold)
     # the old rule (mean of per-batch percentiles) differs between the two splits
     per_image = torch.stack([torch.quantile(torch.relu(xi).flatten(), 0.999) for xi in x.split(1)]).mean()
-    assert abs(float(per_image) - float(whole.act1.snn_threshold.max())) > 1e-3
+    assert abs(float(per_image) - float(whole.act1.threshold.max())) > 1e-3
 
 
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
@@ -75,12 +75,12 @@ def test_vgg_thresholds_batch_1_equal_whole_subset(granularity):
     ann = copy.deepcopy(random_ann("vgg16", "relu"))
     x = images(16, 5)
     calibrate_thresholds(ann, list(x.split(1)), 99.9, "cpu", granularity)
-    one = {n: m.snn_threshold.clone() for n, m in ann.named_modules() if isinstance(m, ReLUAct)}
+    one = {n: m.threshold.clone() for n, m in ann.named_modules() if isinstance(m, ReLUAct)}
     calibrate_thresholds(ann, [x], 99.9, "cpu", granularity)
     for n, m in ann.named_modules():
         if isinstance(m, ReLUAct):
-            assert m.snn_threshold.shape == one[n].shape
-            assert torch.allclose(m.snn_threshold, one[n], rtol=1e-5, atol=1e-7), n
+            assert m.threshold.shape == one[n].shape
+            assert torch.allclose(m.threshold, one[n], rtol=1e-5, atol=1e-7), n
 
 
 def test_top_values_refuses_a_wrong_count_and_keeps_only_the_tail():
@@ -114,7 +114,7 @@ def _power_of_two_thresholds(model, x):
     calibrate_thresholds(model, [x], 95.0, "cpu", "channel")
     for m in model.modules():
         if isinstance(m, ReLUAct):
-            m.snn_threshold = torch.exp2(torch.round(torch.log2(m.snn_threshold.clamp_min(1e-3))))
+            m.threshold = torch.exp2(torch.round(torch.log2(m.threshold.clamp_min(1e-3))))
 
 
 @torch.no_grad()
@@ -123,7 +123,7 @@ def _normalised(model: Small) -> Small:
     theta_c, the layer after multiplies its input channel by theta_c (powers of 2, so every value is exactly
     theta_c times the original network's)."""
     b = copy.deepcopy(model)
-    t1, t2, t3 = (m.snn_threshold for m in (model.act1, model.act2, model.act3))
+    t1, t2, t3 = (m.threshold for m in (model.act1, model.act2, model.act3))
     b.bn1.weight /= t1
     b.bn1.bias /= t1
     b.conv2.weight *= t1.view(1, -1, 1, 1)
@@ -134,7 +134,7 @@ def _normalised(model: Small) -> Small:
     b.fc1.bias /= t3
     b.fc2.weight *= t3.view(1, -1)
     for m in (b.act1, b.act2, b.act3):
-        m.snn_threshold = torch.ones_like(m.snn_threshold)
+        m.threshold = torch.ones_like(m.threshold)
     return b
 
 
@@ -153,7 +153,7 @@ def test_every_method_runs_per_channel_thresholds_as_the_normalised_network(meth
             bn.running_var.uniform_(0.5, 1.5)
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     _power_of_two_thresholds(a, x)
-    assert all(len(set(m.snn_threshold.tolist())) > 1 for m in (a.act1, a.act2, a.act3))  # really per channel
+    assert all(len(set(m.threshold.tolist())) > 1 for m in (a.act1, a.act2, a.act3))  # really per channel
     b = _normalised(a)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))

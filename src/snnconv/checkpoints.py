@@ -39,7 +39,7 @@ from snnconv import SnnconvError
 FORMATS = ("auto", "snnconv", "qcfs", "cos", "qcfs_old", "snnc", "torchvision", "timm")
 
 # Keys a loaded state dict may lack: ReLU-source thresholds are set from calibration images after loading.
-OPTIONAL_SUFFIXES = ("snn_threshold",)
+OPTIONAL_SUFFIXES = (".threshold",)  # for layout detection only; load_state checks the exact optional keys
 
 
 def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from snnconv.report import energy_line, format_value, stats_per_t
+from snnconv.report import energy_line, format_value, plot_accuracy, stats_per_t
+from snnconv.utils import atomic_write
 
 # Config keys that never label a run (they differ between runs without changing what was measured).
 _IGNORED_PREFIXES = ("output_dir", "task_name", "logger.", "data.root", "device", "extra")
@@ -130,24 +131,5 @@ def pivot_markdown(runs: list[Mapping], keys: list[str] | None = None) -> str:
 
 
 def plot(series: Mapping[str, Mapping[int, float]], path: str | Path, title: str, ann: float | None = None) -> None:
-    """One accuracy-vs-T line per series (log2 T axis), optional ANN line; written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for name, points in series.items():
-        Ts = sorted(points)
-        ax.plot(Ts, [points[t] for t in Ts], marker="o", label=name)
-    if ann is not None:
-        ax.axhline(ann, color="k", linestyle="--", label="ANN")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("T (time steps)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    """One accuracy-vs-T line per series (log2 T axis), optional ANN line; written as PNG (`report.plot_accuracy`)."""
+    atomic_write(path, plot_accuracy(series, title, ann=ann))

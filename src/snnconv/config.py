@@ -1,7 +1,10 @@
 """Typed config schema, registered in Hydra's ConfigStore, plus the value checks a type cannot express.
 
-Every key a user can set is declared here, so `data.bogus=1` or `T=4` fails when the config is composed
-(OmegaConf type checks), and `'T=[0]'` / `ann.L=0` fail in :func:`validate` before any work starts.
+Every key a user can set is declared in a dataclass, so `data.bogus=1` or `T=4` fails when the config is composed
+(OmegaConf type checks), and `'T=[0]'` / `ann.L=0` fail in :func:`validate` before any work starts. The `method`
+group's schemas are not here: each method module owns its config dataclass (`snnconv.methods.registry`), stored as
+`method/<name>_schema` and listed first in `conf/method/<name>.yaml`. Choices come from the registries (models,
+ANN sources, methods), never from a second list.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from snnconv import SnnconvError
 from snnconv.checkpoints import FORMATS
@@ -62,21 +65,6 @@ class AnnConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = "baseline"  # baseline | offset_spike | ftbc | ftbc_offset_spike
-    # offset_spike (COS)
-    rho: int = 4  # pre-simulation steps per pass
-    passes: int = 1  # judge-and-shift rounds
-    eps: float = 0.001  # Theorem 2 epsilon, in units of theta
-    # ftbc
-    alpha: float = 0.5  # step size of the bias update
-    iterations: int = 4  # passes over the calibration batches
-    batches: int = 8  # calibration batches per iteration (training split)
-    batch_size: int = 64
-    update: str = "residual"  # residual | oracle
-
-
-@dataclass
 class TrainConfig:
     epochs: int = 20
     lr: float = 0.05
@@ -112,7 +100,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
     ann: AnnConfig = field(default_factory=AnnConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: Any = MISSING  # a method's own schema (method/<name>_schema), chosen in the defaults list
     train: TrainConfig = field(default_factory=TrainConfig)
     snn: SnnConfig = field(default_factory=SnnConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -128,17 +116,31 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema so `conf/config.yaml` can list `config_schema` first in its defaults."""
+    """Register the schemas so `conf/config.yaml` can list `config_schema` first in its defaults, and every
+    method's schema for the `method` group (importing the methods registers them)."""
+    from snnconv.methods import load_plugins
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    load_plugins()
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values per dotted key; the registered names come from the registries."""
+    from snnconv.ann import list_sources
+    from snnconv.data import DATASETS
+    from snnconv.methods import list_methods
+
+    return {
+        "data.name": tuple(DATASETS),
+        "ann.name": tuple(list_sources()),
+        "method.name": tuple(list_methods()),
+        **CHOICES,
+    }
 
 
 CHOICES = {
-    "data.name": ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet"),
-    "ann.name": ("relu", "qcfs", "rts"),
     "ann.rts_shift": ("initial", "per_step"),
-    "method.name": ("baseline", "offset_spike", "ftbc", "ftbc_offset_spike"),
-    "method.update": ("residual", "oracle"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
     "data.augment": ("none", "crop_flip", "autoaugment", "imagenet"),
@@ -161,7 +163,7 @@ def validate(cfg: DictConfig) -> None:
     T = list(cfg.T)
     if not T or any(int(t) < 1 for t in T):
         raise SnnconvError(f"T must be a non-empty list of positive ints, got {T}; e.g. 'T=[1,2,4,8]'")
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         value = _get(cfg, key)
         if value not in allowed:
             raise SnnconvError(f"{key}={value!r} is not one of {', '.join(allowed)}")
@@ -178,11 +180,6 @@ def validate(cfg: DictConfig) -> None:
         (0 < cfg.ann.percentile <= 100, "ann.percentile must be in (0, 100]"),
         (cfg.ann.threshold > 0, "ann.threshold must be > 0"),
         (cfg.arch.width > 0, "arch.width must be > 0"),
-        (cfg.method.rho >= 1, "method.rho must be >= 1"),
-        (cfg.method.passes >= 1, "method.passes must be >= 1"),
-        (0 < cfg.method.eps < 1, "method.eps must be in (0, 1) (units of theta)"),
-        (cfg.method.alpha > 0, "method.alpha must be > 0"),
-        (cfg.method.iterations >= 1 and cfg.method.batches >= 1, "method.iterations and method.batches must be >= 1"),
         (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
         (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0 = no resume checkpoints)"),
         (cfg.data.num_workers >= -1, "data.num_workers must be >= 0, or -1 for automatic"),
@@ -192,3 +189,13 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise SnnconvError(message)
+    from snnconv.methods import build_method
+
+    method = build_method(cfg.method)  # the method's own checks (MethodConfig.check)
+    batches, batch_size = method.calibration_images()
+    if batches * batch_size > cfg.data.calib_size:
+        raise SnnconvError(
+            f"method={method.name} calibrates on method.batches={batches} x method.batch_size={batch_size} = "
+            f"{batches * batch_size} training images but data.calib_size={cfg.data.calib_size}; raise "
+            "data.calib_size or lower method.batches / method.batch_size"
+        )

@@ -8,6 +8,7 @@ nothing but final accuracy. Missing files raise a one-line SnnconvError that nam
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
 import shutil
@@ -43,6 +44,19 @@ AUGMENTS = {
     "cifar100": ("none", "crop_flip", "autoaugment"),
     "imagenet": ("none", "imagenet"),
 }
+
+
+DATASETS: dict[str, Callable[[Any], Splits]] = {}  # data.name -> builder(data_cfg) -> Splits
+
+
+def register_dataset(name: str):
+    """Register a split builder `fn(data_cfg) -> Splits` as `data=<name>` (the registry feeds validation)."""
+
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+
+    return deco
 
 
 @dataclass
@@ -141,8 +155,8 @@ def build_loaders(data_cfg: Any, seed: int = 42, device: torch.device | str | No
     epochs (persistent_workers), the others start them per pass.
     """
     name = data_cfg.name
-    if name not in _BUILDERS:
-        raise SnnconvError(f"data.name={name!r} is not one of {', '.join(_BUILDERS)}")
+    if name not in DATASETS:
+        raise SnnconvError(f"data.name={name!r} is not one of {', '.join(DATASETS)}")
     if data_cfg.augment not in AUGMENTS[name]:
         raise SnnconvError(
             f"data.augment={data_cfg.augment!r} is not supported for {name}; use one of {', '.join(AUGMENTS[name])}"
@@ -152,7 +166,7 @@ def build_loaders(data_cfg: Any, seed: int = 42, device: torch.device | str | No
             f"data.mean / data.std need 1 or data.in_chans={data_cfg.in_chans} values, "
             f"got {list(data_cfg.mean)} / {list(data_cfg.std)}"
         )
-    splits = _BUILDERS[name](data_cfg)
+    splits = DATASETS[name](data_cfg)
     for key, found in (("num_classes", splits.num_classes), ("in_chans", splits.in_chans)):
         if getattr(data_cfg, key) != found:
             raise SnnconvError(
@@ -223,6 +237,7 @@ def _tensor_splits(
     )
 
 
+@register_dataset("digits")
 def _digits(cfg: Any) -> Splits:
     """scikit-learn digits: 1,797 images 8×8 (0..16) → [0, 1], bilinear to img_size; stratified 80/20 split."""
     from sklearn.datasets import load_digits
@@ -288,6 +303,7 @@ def _unpack_debian_fashion_mnist(raw: Path) -> None:
             ) from exc
 
 
+@register_dataset("fashion_mnist")
 def _fashion_mnist(cfg: Any) -> Splits:
     """Fashion-MNIST 28×28 uint8 → zero-padded to 32×32 (img_size 32) or resized; held in memory as uint8."""
     raw = Path(cfg.root) / "FashionMNIST" / "raw"
@@ -366,6 +382,7 @@ def _pil_splits(train: Dataset, test: Dataset, aug: list[Callable], test_pre: li
     )
 
 
+@register_dataset("imagenet")
 def _imagenet(cfg: Any) -> Splits:
     """ImageFolder <root>/train and <root>/val.
 
@@ -390,10 +407,5 @@ def _imagenet(cfg: Any) -> Splits:
     return _pil_splits(train, test, aug, resize_crop, cfg)
 
 
-_BUILDERS: dict[str, Callable[[Any], Splits]] = {
-    "digits": _digits,
-    "fashion_mnist": _fashion_mnist,
-    "cifar10": lambda cfg: _cifar(cfg, datasets.CIFAR10, "CIFAR-10"),
-    "cifar100": lambda cfg: _cifar(cfg, datasets.CIFAR100, "CIFAR-100"),
-    "imagenet": _imagenet,
-}
+register_dataset("cifar10")(functools.partial(_cifar, cls=datasets.CIFAR10, label="CIFAR-10"))
+register_dataset("cifar100")(functools.partial(_cifar, cls=datasets.CIFAR100, label="CIFAR-100"))

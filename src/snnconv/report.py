@@ -5,10 +5,12 @@ files (``results.json``, ``results.csv``, ``accuracy_vs_T.png``) are the authori
 mirror, and :func:`log_wandb` never raises, so a W&B failure cannot lose or hide them.
 
 ``results`` keys (see ``runner``): ``ann.acc``, ``snn.acc`` / ``snn.agreement`` (``{str(T): percent}``),
-``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``config`` and optional
-diagnostics dicts ``offset_spike`` / ``ftbc``; with ``stats=true`` a ``stats`` section (``snnconv.stats``): its
-per-T totals become table / CSV / W&B columns (SOPs per image, network firing rate, energy ratio to the ANN),
-and two more plots are written: ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``.
+``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``config``, and the
+method's result sections (e.g. ``offset_spike``, ``ftbc``), whose keys are listed in ``sections`` (every numeric
+leaf of a listed section reaches the W&B summary; no list of names here).
+With ``stats=true`` a ``stats`` section (``snnconv.stats``): its per-T totals become table / CSV / W&B columns
+(SOPs per image, network firing rate, energy ratio to the ANN), and two more plots are written:
+``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-DIAGNOSTIC_KEYS = ("offset_spike", "ftbc")
+from snnconv.utils import atomic_write
+
 CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method",
                "sops_per_image", "firing_rate", "energy_ratio")
 STATS_COLUMNS = ("sops_per_image", "firing_rate", "energy_ratio")
@@ -123,20 +125,6 @@ def format_table(results: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
@@ -156,50 +144,50 @@ def _title(results: Mapping) -> str:
     return " | ".join(str(p) for p in parts if p) or "SNN accuracy"
 
 
-def _plot_png(results: Mapping) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_accuracy(
+    series: Mapping[str, Mapping[int, float]],
+    title: str,
+    ann: float | None = None,
+    annotate: bool = False,
+    latency_labels: Mapping[int, str] | None = None,
+    latency_title: str = "latency (steps)",
+) -> bytes:
+    """The one accuracy-vs-T plotter (PNG bytes): a line per series {label: {T: accuracy %}} on a log2 T axis,
+    the ANN's accuracy as a dashed line, values annotated when `annotate`, and a top axis with the latency of
+    each T when `latency_labels` is given (methods whose latency is not T)."""
     from matplotlib.ticker import NullLocator
 
-    rows = _rows(results)
-    ts = [r["T"] for r in rows]
-    accs = [r["snn_acc"] for r in rows]
-    ann = _ann_acc(results)
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
-    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(ts, accs, marker="o", label="SNN")
-    for t, a in zip(ts, accs):
-        ax.annotate(f"{a:.1f}", (t, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    fig, ax = _figure()
+    ts_all = sorted({int(t) for points in series.values() for t in points})
+    values = []
+    for name, points in series.items():
+        ts = sorted(points)
+        accs = [points[t] for t in ts]
+        values += accs
+        ax.plot(ts, accs, marker="o", label=name)
+        if annotate:
+            for t, a in zip(ts, accs):
+                ax.annotate(f"{a:.1f}", (t, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     if ann is not None:
         ax.axhline(ann, linestyle="--", color="gray", label=f"ANN {ann:.2f}%")
     ax.set_xscale("log", base=2)
-    if len(ts) == 1:
-        ax.set_xlim(ts[0] / 2, ts[0] * 2)
-    ax.set_xticks(ts, [str(t) for t in ts])
+    if len(ts_all) == 1:
+        ax.set_xlim(ts_all[0] / 2, ts_all[0] * 2)
+    ax.set_xticks(ts_all, [str(t) for t in ts_all])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("T (time steps)")
     ax.set_ylabel("test accuracy (%)")
-    top = max([100.0] + [a for a in accs if a is not None and math.isfinite(a)])
+    top = max([100.0] + [a for a in values if a is not None and math.isfinite(a)])
     ax.set_ylim(0, top + 2)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    pipelined = any(r["pipelined_latency_steps"] is not None for r in rows)
-    if pipelined or any(r["latency_steps"] not in (None, r["T"]) for r in rows):
+    ax.legend(loc="lower right", fontsize=8)
+    if latency_labels:
         sec = ax.secondary_xaxis("top")
-        labels = [
-            _fmt(r["latency_steps"], "d")
-            + (f"/{_fmt(r['pipelined_latency_steps'], 'd')}" if pipelined else "")
-            for r in rows
-        ]
-        sec.set_xticks(ts, labels, fontsize=8)
+        sec.set_xticks(ts_all, [latency_labels.get(t, "") for t in ts_all], fontsize=8)
         sec.xaxis.set_minor_locator(NullLocator())
-        sec.set_xlabel("latency (steps)" + (" / pipelined" if pipelined else ""))
-    ax.set_title(_title(results))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+        sec.set_xlabel(latency_title)
+    ax.set_title(title)
+    return _png(fig)
 
 
 def _figure(width: float = 6.4, height: float = 4.4):
@@ -264,6 +252,25 @@ def _acc_vs_sops_png(results: Mapping) -> bytes:
     return _png(fig)
 
 
+def _plot_png(results: Mapping) -> bytes:
+    rows = _rows(results)
+    pipelined = any(r["pipelined_latency_steps"] is not None for r in rows)
+    labels = None
+    if pipelined or any(r["latency_steps"] not in (None, r["T"]) for r in rows):
+        labels = {
+            r["T"]: _fmt(r["latency_steps"], "d") + (f"/{_fmt(r['pipelined_latency_steps'], 'd')}" if pipelined else "")
+            for r in rows
+        }
+    return plot_accuracy(
+        {"SNN": {r["T"]: r["snn_acc"] for r in rows}},
+        _title(results),
+        ann=_ann_acc(results),
+        annotate=True,
+        latency_labels=labels,
+        latency_title="latency (steps)" + (" / pipelined" if pipelined else ""),
+    )
+
+
 def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``accuracy_vs_T.png`` into ``out_dir`` (atomically), and with
     a ``stats`` section ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``."""
@@ -271,7 +278,7 @@ def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_T.png"}
     text = json.dumps(results, indent=2, default=_json_default) + "\n"
-    _atomic_write(paths["json"], text.encode())
+    atomic_write(paths["json"], text.encode())
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -280,14 +287,14 @@ def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]
     for row in _rows(results):
         row = {**row, "ann_acc": ann, "method": method}
         writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
-    _atomic_write(paths["csv"], buf.getvalue().encode())
+    atomic_write(paths["csv"], buf.getvalue().encode())
 
-    _atomic_write(paths["png"], _plot_png(results))
+    atomic_write(paths["png"], _plot_png(results))
     if (results.get("stats") or {}).get("per_layer"):
         paths["firing_rate_png"] = out / "firing_rate_per_layer.png"
         paths["sops_png"] = out / "accuracy_vs_sops.png"
-        _atomic_write(paths["firing_rate_png"], _firing_rate_png(results))
-        _atomic_write(paths["sops_png"], _acc_vs_sops_png(results))
+        atomic_write(paths["firing_rate_png"], _firing_rate_png(results))
+        atomic_write(paths["sops_png"], _acc_vs_sops_png(results))
     return paths
 
 
@@ -318,7 +325,7 @@ def _summary(results: Mapping) -> dict[str, Any]:
             if r[key] is not None:
                 summary[f"snn/{key}_T{t}"] = r[key]
     _flatten_numeric("timing_s", results.get("timing_s") or {}, summary)
-    for key in DIAGNOSTIC_KEYS:
+    for key in results.get("sections") or ():
         if isinstance(results.get(key), Mapping):
             _flatten_numeric(key, results[key], summary)
     if results.get("method"):

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from snnconv import SnnconvError, __version__
-from snnconv.ann import act_layer, calibrate_thresholds
+from snnconv.ann import act_layer, source_class
 from snnconv.data import build_loaders
 from snnconv.evaluate import evaluate
 from snnconv.methods import build_method
@@ -53,8 +53,10 @@ def seed_everything(seed: int) -> None:
 
 
 def calibration_batches(loaders, batches: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """The first `batches` batches of `batch_size` images from the (training-split) calibration subset.
-    Refuses a request the subset cannot fill (it used to be cut silently to what was there)."""
+    """The first `batches` batches of `batch_size` images from the (training-split) calibration subset ([] when
+    the method needs none). Refuses a request the subset cannot fill (it used to be cut silently to what was there)."""
+    if batches <= 0:
+        return []
     available = len(loaders.calib.dataset)
     if batches * batch_size > available:
         raise SnnconvError(
@@ -95,18 +97,13 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     model.eval()
 
     start = time.perf_counter()
-    thresholds = None
-    if cfg.ann.name == "relu":
-        thresholds = calibrate_thresholds(
-            model, (x for x, _ in loaders.calib), cfg.ann.percentile, device, cfg.ann.threshold_granularity,
-            num_images=len(loaders.calib.dataset),
-        )
+    source_info = source_class(cfg.ann.name).calibrate(model, loaders.calib, cfg.ann, device)
     example = next(iter(loaders.calib))[0][:1].to(device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
     method = build_method(cfg.method)
     time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)
-    batches = calibration_batches(loaders, cfg.method.batches, cfg.method.batch_size, device)
+    batches = calibration_batches(loaders, *method.calibration_images(), device)
     method.calibrate(snn, model, batches, T_max, time_chunk)
     timing["calibrate"] = round(time.perf_counter() - start, 3)
 
@@ -129,9 +126,10 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     }
     if any("pipelined_latency_steps" in v for v in latency.values()):
         results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
-    if thresholds is not None:
-        results["ann"]["snn_thresholds"] = thresholds  # per channel: [min, mean, max] over the channels
-    results.update({key: diag for key, diag in method.result_sections().items() if diag})
+    results["ann"].update(source_info or {})
+    sections = {key: diag for key, diag in method.result_sections().items() if diag}
+    results.update(sections)
+    results["sections"] = list(sections)
 
     write_local(out_dir, results)
     log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)

@@ -446,7 +446,7 @@ class SpikeCounter:
 
         def fn(_mod, _inp, out):
             a = out.detach().float()
-            theta = self._neurons[name].theta(a.dim())
+            theta = self._neurons[name].threshold_view(a.dim())
             self._ann[name] = (torch.neg(a), torch.div(a, theta).clamp_(0.0, 1.0))
 
         return fn
@@ -520,7 +520,7 @@ class SpikeCounter:
         """Counts at T from acc = sum of theta * s over steps 1..T [B, ...]. Nine passes over [B, ...], in
         float32 where exact (integer counts < 2^24), float64 for the per-neuron dot products with the fan-out."""
         layer, counts = self.plan.layers[name], self.layers[name]
-        theta = neuron.theta(acc.dim())
+        theta = neuron.threshold_view(acc.dim())
         n_buf, f_buf = self._scratch(acc)
         n = torch.div(acc, theta, out=n_buf).round_()  # [B, ...] binary spike counts
         per_neuron = n.sum(0).double()  # [C, H, W], exact: B * T < 2^24

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,13 +26,14 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from snnconv import SnnconvError
-from snnconv.ann import QCFS
-from snnconv.checkpoints import OPTIONAL_SUFFIXES, read_checkpoint, remap_state_dict
+from snnconv.ann import SourceActivation, snn_only_fields
+from snnconv.checkpoints import read_checkpoint, remap_state_dict
 from snnconv.progress import progress_bar
+from snnconv.utils import atomic_save, modules_of_type
 
 # Fields that do not change the trained weights: excluded from the cache key.
 _DATA_IGNORED = ("root", "download", "test_batch_size", "num_workers", "calib_size", "limit_test")
-_ANN_IGNORED = ("checkpoint", "checkpoint_format", "trust_checkpoint", "percentile", "threshold_granularity", "rts_shift")
+_ANN_IGNORED = ("checkpoint", "checkpoint_format", "trust_checkpoint")  # plus every source's snn_only_fields
 _TRAIN_IGNORED = ("cache", "save_every", "channels_last")
 _TRAIN_OMITTED_AT = {"amp": False}  # in the key only when set, so entries trained before the option keep their key
 # Newer arch fields, likewise left out of the key while at their default.
@@ -53,7 +53,7 @@ def cache_key(cfg) -> str:
     payload = {
         "data": part(cfg.data, _DATA_IGNORED),
         "arch": part(cfg.arch, (), "arch"),
-        "ann": part(cfg.ann, _ANN_IGNORED),
+        "ann": part(cfg.ann, _ANN_IGNORED + snn_only_fields()),
         "train": train,
         "seed": int(cfg.seed),
     }
@@ -61,7 +61,7 @@ def cache_key(cfg) -> str:
 
 
 def _param_groups(model: nn.Module, weight_decay: float, threshold_weight_decay: bool) -> list[dict]:
-    thresholds = [m.threshold for m in model.modules() if isinstance(m, QCFS) and m.threshold.requires_grad]
+    thresholds = [p for m in modules_of_type(model, SourceActivation).values() for p in m.trainable_thresholds()]
     ids = {id(p) for p in thresholds}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": rest, "weight_decay": weight_decay}]
@@ -195,7 +195,7 @@ def train_ann(
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_acc']:.2f}%")
         if ckpt is not None and save_every > 0 and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
-            _atomic_save(
+            atomic_save(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -221,12 +221,18 @@ def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", 
     """Load `path` into `model`, its keys renamed from layout `fmt` first (`snnconv.checkpoints`), refusing
     missing / unexpected / mis-shaped keys with a one-line SnnconvError. Returns the layout used (`auto` resolved).
 
-    ReLU sources' `snn_threshold` buffers may be absent (they are set from calibration data after loading).
+    A source's `optional_state` entries may be absent (ReLU thresholds: set from calibration data after loading);
+    the name ReLU thresholds had before they were called `threshold` (`snn_threshold`) is read as `threshold`.
     """
     state = read_checkpoint(path, trust)
     own = model.state_dict()
+    optional = {
+        f"{name}.{key}" for name, m in modules_of_type(model, SourceActivation).items() for key in m.optional_state
+    }
+    legacy = {k: k[: -len("snn_threshold")] + "threshold" for k in state if k.endswith(".snn_threshold")}
+    state = {legacy.get(k, k): v for k, v in state.items()}
     state, used = remap_state_dict(state, fmt, own)
-    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
+    missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shape:
@@ -244,18 +250,6 @@ def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", 
         )
     model.load_state_dict(state, strict=False)
     return used
-
-
-def _atomic_save(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -304,6 +298,6 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
             return {"source": "cache", "path": str(path), "key": key, "seconds": time.perf_counter() - start}
         resume = resume_path(path)
         stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume)
-        _atomic_save(model.state_dict(), path)
+        atomic_save(model.state_dict(), path)
         resume.unlink(missing_ok=True)
     return {"source": "trained", "path": str(path), "key": key, **stats, "seconds": time.perf_counter() - start}

@@ -9,10 +9,13 @@ spike count equals the QCFS level exactly (tests/test_neuron.py).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
 from snnconv.ann.base import NeuronSpec, SourceActivation
+from snnconv.ann.registry import register_source
 
 
 class _QCFSFunction(torch.autograd.Function):
@@ -38,14 +41,22 @@ def qcfs(x: torch.Tensor, lam: torch.Tensor, L: int) -> torch.Tensor:
     return _QCFSFunction.apply(x, lam, L)
 
 
+@register_source("qcfs")
 class QCFS(SourceActivation):
     def __init__(self, inplace: bool = False, L: int = 4, init_threshold: float = 8.0):
         super().__init__()
         self.L = int(L)
         self.threshold = nn.Parameter(torch.tensor([float(init_threshold)]))
 
+    @classmethod
+    def from_config(cls, ann_cfg):
+        return functools.partial(cls, L=ann_cfg.L, init_threshold=ann_cfg.init_threshold)
+
     def forward(self, x):
         return qcfs(x, self.threshold, self.L)
+
+    def trainable_thresholds(self) -> list[nn.Parameter]:
+        return [self.threshold] if self.threshold.requires_grad else []
 
     def neuron_spec(self) -> NeuronSpec:
         return NeuronSpec(threshold=self.threshold.detach().reshape(()).clone(), v0_frac=0.5)

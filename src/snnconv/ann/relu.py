@@ -20,26 +20,42 @@ import torch.nn as nn
 
 from snnconv import SnnconvError
 from snnconv.ann.base import NeuronSpec, SourceActivation
+from snnconv.ann.registry import register_source
+from snnconv.utils import capture_outputs, eval_mode, modules_of_type
 
 
+@register_source("relu")
 class ReLUAct(SourceActivation):
+    snn_only_fields = ("percentile", "threshold_granularity")
+    optional_state = ("threshold",)
+
     def __init__(self, inplace: bool = False):
         super().__init__()
-        self.register_buffer("snn_threshold", torch.tensor(float("nan")))
+        self.register_buffer("threshold", torch.tensor(float("nan")))  # set by calibrate()
 
     def forward(self, x):
         return torch.relu(x)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "snn_threshold"
+        key = prefix + "threshold"
         if key in state_dict:  # [] per layer or [C] per channel, set by calibration: adopt the saved shape
-            self.snn_threshold = torch.empty_like(state_dict[key], device=self.snn_threshold.device)
+            self.threshold = torch.empty_like(state_dict[key], device=self.threshold.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def neuron_spec(self) -> NeuronSpec:
-        if torch.isnan(self.snn_threshold).any():
+        if torch.isnan(self.threshold).any():
             raise SnnconvError("ReLU thresholds are not set: call calibrate_thresholds() before converting")
-        return NeuronSpec(threshold=self.snn_threshold.clone(), v0_frac=0.5)
+        return NeuronSpec(threshold=self.threshold.clone(), v0_frac=0.5)
+
+    @classmethod
+    def calibrate(cls, model, calib_loader, ann_cfg, device) -> dict:
+        """Thresholds from the calibration subset (`calib_loader` yields (images, labels)); results.json keeps
+        them under ann.snn_thresholds (per channel: [min, mean, max] over the channels)."""
+        thresholds = calibrate_thresholds(
+            model, (x for x, _ in calib_loader), ann_cfg.percentile, device, ann_cfg.threshold_granularity,
+            num_images=len(calib_loader.dataset),
+        )
+        return {"snn_thresholds": thresholds}
 
 
 def percentile_rank(n: int, percentile: float) -> tuple[int, float]:
@@ -111,7 +127,7 @@ def calibrate_thresholds(
     granularity: str = "layer",
     num_images: int | None = None,
 ) -> dict[str, float | list[float]]:
-    """Set every ReLUAct's `snn_threshold` to the exact `percentile` (numpy's linear interpolation; 100 = max) of
+    """Set every ReLUAct's `threshold` to the exact `percentile` (numpy's linear interpolation; 100 = max) of
     its activations over ALL calibration images: one value per layer ([] buffer) or, with granularity="channel",
     one per output channel ([C] buffer; a Linear layer's features are its channels). Thresholds are floored at
     1e-6 (a never-active layer or channel).
@@ -129,35 +145,28 @@ def calibrate_thresholds(
     if num_images < 1:
         raise SnnconvError("ReLU thresholds need calibration images; raise data.calib_size")
     per_channel = granularity == "channel"
-    acts = {n: m for n, m in model.named_modules() if isinstance(m, ReLUAct)}
+    acts = modules_of_type(model, ReLUAct)
     stats: dict[str, TopValues] = {}
 
-    def hook(name):
-        def fn(_mod, _inp, out):
-            values = _grouped(out, per_channel)
-            if name not in stats:
-                per_image = values.shape[1] // out.shape[0]
-                stats[name] = TopValues(per_image * num_images, percentile, values.shape[0])
-            stats[name].add(values)
+    def add(name: str, out: torch.Tensor) -> None:
+        values = _grouped(out, per_channel)
+        if name not in stats:
+            per_image = values.shape[1] // out.shape[0]
+            stats[name] = TopValues(per_image * num_images, percentile, values.shape[0])
+        stats[name].add(values)
 
-        return fn
-
-    hooks = [m.register_forward_hook(hook(n)) for n, m in acts.items()]
-    was_training = model.training
-    model.eval()
-    try:
+    def forward_all():
         for x in batches:
             model(x.to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+
+    with eval_mode(model):
+        capture_outputs(acts, forward_all, once=False, sink=add)
     result: dict[str, float | list[float]] = {}
     for n, m in acts.items():
         if n not in stats:
             raise SnnconvError(f"activation {n!r} did not run on the calibration images")
         theta = stats[n].result().clamp_min(1e-6).float()
-        m.snn_threshold = (theta if per_channel else theta.reshape(())).to(m.snn_threshold.device)
+        m.threshold = (theta if per_channel else theta.reshape(())).to(m.threshold.device)
         result[n] = (
             [round(float(theta.min()), 6), round(float(theta.mean()), 6), round(float(theta.max()), 6)]
             if per_channel else round(float(theta), 6)

@@ -7,23 +7,33 @@ puts the same total charge theta/2 into v0 instead, which makes one simulation s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from snnconv.ann.base import NeuronSpec, SourceActivation
+from snnconv.ann.registry import register_source
 
 
+@register_source("rts")
 class ThresholdReLU(SourceActivation):
+    snn_only_fields = ("rts_shift",)
+
     def __init__(self, inplace: bool = False, threshold: float = 1.0, shift: str = "initial"):
         super().__init__()
-        self.theta = float(threshold)
+        self.threshold = float(threshold)
         self.shift = shift
 
+    @classmethod
+    def from_config(cls, ann_cfg):
+        return functools.partial(cls, threshold=ann_cfg.threshold, shift=ann_cfg.rts_shift)
+
     def forward(self, x):
-        return x.clamp(0.0, self.theta)
+        return x.clamp(0.0, self.threshold)
 
     def neuron_spec(self) -> NeuronSpec:
         per_step = self.shift == "per_step"
-        return NeuronSpec(torch.tensor(self.theta), v0_frac=0.0 if per_step else 0.5, shift_per_step=per_step)
+        return NeuronSpec(torch.tensor(self.threshold), v0_frac=0.0 if per_step else 0.5, shift_per_step=per_step)
 
     def extra_repr(self):
-        return f"theta={self.theta}, shift={self.shift}"
+        return f"threshold={self.threshold}, shift={self.shift}"

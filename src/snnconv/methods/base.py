@@ -1,40 +1,75 @@
-"""The protocol every calibration method follows (baseline, offset_spike, ftbc, ftbc_offset_spike).
+"""The protocol every calibration method follows, and the base of every method's config.
 
-The runner calls, in order:
-  calibrate(snn, ann, batches, T_max, time_chunk) -> dict     training-split batches only; fills buffers (FTBC)
-  attach(snn)                                                 install inference-time controllers (COS)
+A method is a `Method` subclass plus a `MethodConfig` dataclass (the only copy of its defaults and value checks),
+tied together by `snnconv.methods.registry.register_method`. The runner calls, in order:
+  calibration_images() -> (batches, batch_size)               training-split images it needs ((0, 0) = none)
+  calibrate(snn, ann, batches, T_max, time_chunk) -> dict     fills buffers (FTBC), training-split batches only
+  attach(snn)                                                 installs inference-time controllers (COS)
   ... evaluation: snn(x, sim_steps(T_max), time_chunk, first_chunk) ...
-  diagnostics() -> dict                                       JSON-able, goes to results.json under `name`
-                                                              (via result_sections(); a combined method splits it)
+  result_sections() -> {results.json key: JSON-able dict}     empty sections are dropped
 and reads latency(T, n_spiking) for the latency columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
+from snnconv import SnnconvError
 from snnconv.snn import SpikingNetwork
 
 
-def option(cfg, key: str, default):
-    """cfg[key] for a DictConfig / dict, getattr for other objects (a DictConfig attribute such as `update`
-    would otherwise resolve to its bound method), `default` when absent or cfg is None."""
-    if cfg is None:
-        return default
-    if hasattr(cfg, "keys"):
-        return cfg[key] if key in cfg else default
-    return getattr(cfg, key, default)
+@dataclass
+class MethodConfig:
+    """Base of the `method` config group's schemas. `name` selects the registered method."""
+
+    name: str = "baseline"
+
+    def check(self) -> None:
+        """Raise SnnconvError (one line, naming the valid range) for values the types cannot refuse."""
+
+    def require(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise SnnconvError(message)
+
+
+def to_config(config_cls: type[MethodConfig], cfg: Any) -> MethodConfig:
+    """A checked `config_cls` instance from None (defaults), an instance, a DictConfig / mapping, or any object
+    with the fields as attributes (e.g. SimpleNamespace). Unknown keys are ignored; values are not coerced."""
+    if isinstance(cfg, config_cls):
+        out = cfg
+    else:
+        fields = [f.name for f in dataclasses.fields(config_cls) if f.name != "name"]
+        if cfg is None:
+            given = {}
+        elif isinstance(cfg, Mapping) or hasattr(cfg, "keys"):
+            given = {k: cfg[k] for k in fields if k in cfg}
+        else:
+            given = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
+        out = config_cls(**given)
+    out.check()
+    return out
 
 
 class Method:
-    name = "baseline"
+    """Base method = the plain conversion (nothing to calibrate, latency T). Subclasses are registered with
+    `register_method(name, ConfigClass)`, which sets `name` and `Config`."""
+
+    name: ClassVar[str] = "baseline"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
     first_chunk = 0  # steps the first chunk of every simulation must hold (COS: rho), 0 = no constraint
 
-    def __init__(self, cfg=None):
-        self.cfg = cfg
+    def __init__(self, cfg: Any = None):
+        self.cfg = to_config(self.Config, cfg)
+
+    def calibration_images(self) -> tuple[int, int]:
+        """(batches, batch_size) of training-split calibration images `calibrate` needs; (0, 0) = none."""
+        return 0, 0
 
     def calibrate(
         self, snn: SpikingNetwork, ann: nn.Module, batches: Iterable[torch.Tensor], T_max: int, time_chunk: int
@@ -42,7 +77,7 @@ class Method:
         return {}
 
     def attach(self, snn: SpikingNetwork) -> None:
-        pass
+        """Install inference-time controllers on `snn`'s neurons (none by default)."""
 
     def sim_steps(self, T_max: int) -> int:
         """Steps to simulate so that every T <= T_max can be read from prefixes of one run."""

@@ -19,14 +19,14 @@ Update rules (``cfg.update``), applied at step t inside the layer, with the laye
       s' = 1[m' >= theta] (= m - alpha * delta_t, evaluated by ``IFNeuron.step`` exactly as a fresh simulation
       rounds it).
   oracle (the QCFS tree's local rule, kept for comparison): an element-wise oracle membrane v_o, started at the
-      deployed neuron's v(0) (v0_frac * theta; the COS v0 for ``FTBCOffsetSpike``), integrates the RAW input
+      deployed neuron's v(0) (v0_frac * theta; the COS v0 for ``ftbc_offset_spike``), integrates the RAW input
       current (no bias):  m_o = v_o + I[t]; s_o = 1[m_o >= theta]; e = theta * s_o - a (element-wise, needs the
       full ANN activation); m_o' = m_o - e; s_o' = 1[m_o' >= theta]; v_o = m_o' - theta * s_o';
       beta[t] += alpha * mean_c(e); the deployed neuron's step is then re-run with the new beta as above.
 The deployed neuron continues from the re-fired state and outputs theta * s', so layer l+1 sees layer l's
 corrected spikes. Layers run in topological order within one forward (residual graphs included), so this equals
 re-simulating the network up to layer l with every layer's updated beta: exactly what the references recompute
-per layer (``naive_calibrate`` below, tests/test_ftbc.py checks equality).
+per layer (``snnconv.methods.reference.naive_calibrate``; tests/test_ftbc.py checks equality).
 
 Cost per batch: one ANN forward (hooks keep only mean_c(a), O(C) per layer; the full a only for ``oracle``) plus
 one T_max-step SNN forward, instead of L * (1 ANN + 1 T-step SNN) (QCFS tree) or 2 * L * T full forwards
@@ -57,21 +57,43 @@ Deviations from the released code (specs/ftbc_reference_code.md):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
-from snnconv.methods.base import Method, option
-from snnconv.methods.offset_spike import OffsetSpike, OffsetSpikeController
+from snnconv.methods.base import Method, MethodConfig
+from snnconv.methods.registry import register_method
 from snnconv.snn import SpikingNetwork
-from snnconv.snn.neuron import IFNeuron, if_step
+from snnconv.snn.neuron import Controller, IFNeuron, if_step
+from snnconv.utils import capture_outputs, eval_mode, modules_of_type
 
 UPDATES = ("residual", "oracle")
+
+
+@dataclass
+class FTBCConfig(MethodConfig):
+    """FTBC settings. 4 x 8 batches of 64 = 32 updates per bias: 4 updates (1 x 4 x 128, the first default) left
+    FTBC below the plain conversion on Fashion-MNIST; 32 beat it (docs/notes.md)."""
+
+    name: str = "ftbc"
+    alpha: float = 0.5  # step size of the bias update (the code's curr_t_alpha, not the paper's Proposition alpha)
+    iterations: int = 4  # passes over the calibration batches
+    batches: int = 8  # calibration batches per iteration (training split)
+    batch_size: int = 64  # calibration images per batch (batches x batch_size <= data.calib_size)
+    update: str = "residual"  # residual (RTS/SNNC trees' rule) | oracle (QCFS tree's local rule)
+
+    def check(self) -> None:
+        super().check()
+        self.require(self.alpha > 0, f"method.alpha={self.alpha} must be > 0 (the bias update's step size)")
+        self.require(self.iterations >= 1, f"method.iterations={self.iterations} must be >= 1")
+        self.require(self.batches >= 1, f"method.batches={self.batches} must be >= 1")
+        self.require(self.batch_size >= 1, f"method.batch_size={self.batch_size} must be >= 1")
+        self.require(self.update in UPDATES, f"method.update={self.update!r} is not one of {', '.join(UPDATES)}")
 
 
 def channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -80,13 +102,9 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=dims)
 
 
-def _check_update(update: str) -> str:
-    if update not in UPDATES:
-        raise SnnconvError(f"method.update={update!r} is not one of {', '.join(UPDATES)}")
-    return update
-
-
-def _check_T_independent(neurons: dict[str, IFNeuron]) -> None:
+def check_T_independent(neurons: dict[str, IFNeuron]) -> None:
+    """SnnconvError when a neuron's dynamics depend on T (RTS's per-step shift): biases fitted at T_max would
+    not be those of a smaller T."""
     per_step = [n for n, neuron in neurons.items() if neuron.shift_per_step]
     if per_step:
         raise SnnconvError(
@@ -96,8 +114,9 @@ def _check_T_independent(neurons: dict[str, IFNeuron]) -> None:
         )
 
 
-def _activations(ann: nn.Module, names: list[str]) -> dict[str, SourceActivation]:
-    acts = {n: m for n, m in ann.named_modules() if isinstance(m, SourceActivation)}
+def source_activations(ann: nn.Module, names: list[str]) -> dict[str, SourceActivation]:
+    """The ANN's source activations named like the SNN's neurons (SnnconvError when they do not match)."""
+    acts = modules_of_type(ann, SourceActivation)
     missing = [n for n in names if n not in acts]
     if missing or len(acts) != len(names):
         raise SnnconvError(
@@ -110,33 +129,22 @@ def _activations(ann: nn.Module, names: list[str]) -> dict[str, SourceActivation
 @torch.no_grad()
 def ann_targets(ann: nn.Module, acts: dict[str, SourceActivation], x: torch.Tensor, full: bool) -> dict:
     """One ANN forward on x; per named activation its channel mean [C] (full=False) or the output (full=True)."""
-    out: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def fn(_mod, _inp, a):
-            if name in out:
-                raise SnnconvError(
-                    f"activation {name!r} runs twice per forward; FTBC needs one call per layer"
-                )
-            out[name] = a.detach().clone() if full else channel_mean(a.detach().float())
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in acts.items()]
+    transform = (lambda a: a.detach().clone()) if full else (lambda a: channel_mean(a.detach().float()))
     try:
-        ann(x)
-    finally:
-        for h in handles:
-            h.remove()
+        out = capture_outputs(acts, lambda: ann(x), transform=transform)
+    except RuntimeError as exc:
+        if "more than once" not in str(exc):
+            raise
+        raise SnnconvError(f"{exc}; FTBC needs one call per activation and forward") from exc
     not_run = [n for n in acts if n not in out]
     if not_run:
         raise SnnconvError(f"activations {not_run} did not run in the ANN forward")
     return out
 
 
-class FTBCController:
-    """Per-layer FTBC update installed as ``IFNeuron.controller`` during calibration (the neuron calls
-    ``on_step`` after its own step, with the layer's current bias already in m).
+class FTBCController(Controller):
+    """Per-layer FTBC update, installed in ``IFNeuron.controllers`` during calibration (``on_step`` runs after
+    the neuron's own step, with the layer's current bias already in m).
 
     ``target`` (set per batch): mean_c(a) [C] for ``residual``, the full activation [B, ...] for ``oracle``.
     ``record`` (set by the caller): when not None, mean_c|delta_t| is added to ``abs_delta[record, t]``.
@@ -144,24 +152,22 @@ class FTBCController:
 
     def __init__(self, alpha: float, update: str, steps: int, iterations: int = 1):
         self.alpha = float(alpha)
-        self.update = _check_update(update)
+        if update not in UPDATES:
+            raise SnnconvError(f"method.update={update!r} is not one of {', '.join(UPDATES)}")
+        self.update = update
         self.target: torch.Tensor | None = None
         self.record: int | None = None
         self.abs_delta = torch.zeros(iterations, steps)
-        self._v: torch.Tensor | None = None  # v after the previous step (within a chunk)
         self._v_oracle: torch.Tensor | None = None
 
-    def on_step(self, neuron: IFNeuron, t: int, current, m, s):
-        # IFNeuron.forward keeps its state in neuron.v / neuron.t at chunk granularity: at the first step of a
-        # chunk (t == neuron.t) neuron.v is v(t-1) (v(0) at t = 0); within the chunk we carry v ourselves
-        v_prev = neuron.v if t == neuron.t else self._v
-        m, s, self._v = self.step(neuron, t, current, m, s, v_prev)
+    def on_step(self, neuron: IFNeuron, t: int, current, v_prev, m, s):
+        m, s, _ = self.step(neuron, t, current, m, s, v_prev)
         return m, s
 
     def step(self, neuron: IFNeuron, t: int, current, m, s, v_prev):
         """Update beta[t] from the step (m, s) computed with the old beta from v_prev; return the step re-run
         with the new beta: (m', s', v') with v' = m' - theta * s'."""
-        theta = neuron.theta(m.dim())
+        theta = neuron.threshold_view(m.dim())
         if self.update == "residual":
             delta = channel_mean(s) * neuron.threshold - self.target
         else:
@@ -180,63 +186,32 @@ class FTBCController:
         return m2, s2, v2
 
 
-class _FTBCWithCOS:
-    """Calibration-time controller of ``FTBCOffsetSpike``: COS sets v(0), FTBC updates the biases."""
-
-    def __init__(self, cos, ftbc: FTBCController):
-        self.cos, self.ftbc = cos, ftbc
-
-    def initial_potential(self, neuron, inputs):
-        return self.cos.initial_potential(neuron, inputs)
-
-    def on_step(self, neuron, t, current, m, s):
-        return self.ftbc.on_step(neuron, t, current, m, s)
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module):
-    """Every submodule in eval mode inside the block, each one's own flag restored after (restoring only the
-    top-level flag would be wrong: `convert` returns a SpikingNetwork whose wrapper is in train mode while its
-    BN layers are in eval mode)."""
-    saved = [(m, m.training) for root in modules for m in root.modules()]
-    for root in modules:
-        root.eval()
-    try:
-        yield
-    finally:
-        for m, training in saved:
-            m.training = training
-
-
-def _clear_biases(neurons: dict[str, IFNeuron]) -> None:
+def clear_biases(neurons: dict[str, IFNeuron]) -> None:
     for neuron in neurons.values():
         neuron.set_bias(torch.zeros(0))
 
 
-def _init_bias(neuron: IFNeuron, steps: int, target: torch.Tensor) -> None:
+def init_bias(neuron: IFNeuron, steps: int, target: torch.Tensor) -> None:
+    """Zero biases [steps, C] with C from an ANN target ([C] channel mean or [B, C, ...] activation)."""
     C = target.shape[1] if target.dim() > 1 else target.shape[0]
     neuron.set_bias(torch.zeros(steps, C))
 
 
+@register_method("ftbc", FTBCConfig)
 class FTBC(Method):
-    """FTBC as a `Method` (see the module docstring). cfg fields: alpha (step size), iterations (passes over the
-    calibration batches), update (residual | oracle); the runner supplies cfg.batches batches of cfg.batch_size."""
-
-    name = "ftbc"
+    """FTBC as a `Method` (see the module docstring and `FTBCConfig`)."""
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self.alpha = float(option(cfg, "alpha", 0.5))
-        self.iterations = int(option(cfg, "iterations", 1))
-        self.update = _check_update(str(option(cfg, "update", "residual")))
-        if self.alpha <= 0 or self.iterations < 1:
-            raise SnnconvError(
-                f"ftbc needs alpha > 0 and iterations >= 1, got {self.alpha}, {self.iterations}"
-            )
+        self.alpha, self.iterations, self.update = float(self.cfg.alpha), int(self.cfg.iterations), self.cfg.update
         self._diag: dict = {}
 
-    def _controller(self, ftbc: FTBCController):
-        return ftbc
+    def calibration_images(self) -> tuple[int, int]:
+        return int(self.cfg.batches), int(self.cfg.batch_size)
+
+    def controllers(self, ftbc: FTBCController) -> tuple[Controller, ...]:
+        """What a neuron runs with during calibration (a combined method adds its own)."""
+        return (ftbc,)
 
     @torch.no_grad()
     def calibrate(
@@ -252,28 +227,28 @@ class FTBC(Method):
         if not batches:
             raise SnnconvError("FTBC needs at least one calibration batch")
         neurons = snn.neurons()
-        _check_T_independent(neurons)
-        acts = _activations(ann, list(neurons))
+        check_T_independent(neurons)
+        acts = source_activations(ann, list(neurons))
         steps = self.sim_steps(T_max)
         ctrls = {n: FTBCController(self.alpha, self.update, steps, self.iterations) for n in neurons}
-        _clear_biases(neurons)
+        clear_biases(neurons)
         try:
-            with _eval_mode(ann, snn):
+            with eval_mode(ann, snn):
                 for it in range(self.iterations):
                     for x in batches:
                         targets = ann_targets(ann, acts, x, full=self.update == "oracle")
                         for name, neuron in neurons.items():
                             if neuron.bias.numel() == 0:
-                                _init_bias(neuron, steps, targets[name])
+                                init_bias(neuron, steps, targets[name])
                             ctrl = ctrls[name]
                             ctrl.target, ctrl.record = targets[name], it
-                            neuron.controller = self._controller(ctrl)
+                            neuron.controllers = self.controllers(ctrl)
                         snn(x, steps, time_chunk, self.first_chunk)
                         for ctrl in ctrls.values():
-                            ctrl.target = ctrl._v = ctrl._v_oracle = None
+                            ctrl.target = ctrl._v_oracle = None
         finally:
             for neuron in neurons.values():
-                neuron.controller = None
+                neuron.controllers = ()
         self._diag = self._summarise(neurons, ctrls, len(batches), time.perf_counter() - start)
         return self._diag
 
@@ -305,97 +280,3 @@ class FTBC(Method):
 
     def diagnostics(self) -> dict:
         return self._diag
-
-
-@torch.no_grad()
-def naive_calibrate(
-    snn: SpikingNetwork,
-    ann: nn.Module,
-    batches: Iterable[torch.Tensor],
-    T_max: int,
-    time_chunk: int,
-    alpha: float,
-    iterations: int = 1,
-    update: str = "residual",
-) -> dict[str, torch.Tensor]:
-    """The references' cost structure, as a slow reference: for each batch and each layer l in order, one full ANN
-    forward (hook on l) and one full T_max-step SNN forward with all current biases (hook on l's input), then l is
-    calibrated locally over t with the same rule. Sets the biases on `snn` and returns {name: bias [T_max, C]}.
-    Controllers are removed from every neuron (the SNN forwards run without them)."""
-    update = _check_update(update)
-    batches = list(batches)
-    neurons = snn.neurons()
-    _check_T_independent(neurons)
-    acts = _activations(ann, list(neurons))
-    for neuron in neurons.values():
-        neuron.controller = None
-    _clear_biases(neurons)
-    with _eval_mode(ann, snn):
-        for _ in range(iterations):
-            for x in batches:
-                for name, neuron in neurons.items():
-                    target = ann_targets(ann, {name: acts[name]}, x, full=update == "oracle")[name]
-                    if neuron.bias.numel() == 0:
-                        _init_bias(neuron, T_max, target)
-                    seq = _input_sequence(snn, neuron, x, T_max, time_chunk)
-                    ctrl = FTBCController(alpha, update, T_max)
-                    ctrl.target = target
-                    theta = neuron.theta(seq.dim() - 1)
-                    v = neuron.initial_potential(seq)
-                    for t in range(T_max):
-                        s, m, _ = neuron.step(v, seq[t], t, theta)
-                        m, s, v = ctrl.step(neuron, t, seq[t], m, s, v)
-    return {n: neuron.bias.clone() for n, neuron in neurons.items()}
-
-
-def _input_sequence(snn: SpikingNetwork, neuron: IFNeuron, x, T: int, time_chunk: int) -> torch.Tensor:
-    """The input current of `neuron` at every step of a plain T-step simulation: [T, B, ...]."""
-    chunks: list[torch.Tensor] = []
-    handle = neuron.register_forward_pre_hook(lambda mod, args: chunks.append(mod.unfold(args[0]).clone()))
-    try:
-        snn(x, T, time_chunk)
-    finally:
-        handle.remove()
-    return torch.cat(chunks)
-
-
-class FTBCOffsetSpike(FTBC):
-    """FTBC biases plus COS initial-potential shifts (no published code combines them).
-
-    Calibration runs with COS active: each neuron's controller delegates ``initial_potential`` to a COS
-    controller (its rho-step pre-simulation includes the biases as they are at the start of that forward) and
-    ``on_step`` to the FTBC controller, so the biases correct what remains after the shift (the oracle rule, if
-    chosen, starts its oracle membrane from the COS v0). Simulations run ``sim_steps(T_max) = max(T_max, rho)``
-    steps (the first rho in one chunk, for the pre-simulation), and the biases cover all of them. At inference ``attach``
-    installs the plain COS controllers, whose pre-simulation sees the final biases (so the deployed v0 is
-    recomputed from them: an approximation, since the biases were fitted with the v0 of the biases before each
-    pass; more iterations shrink the difference).
-    attach / sim_steps / latency come from OffsetSpike (COS latency: rho * passes + T). cfg: alpha, iterations,
-    update (FTBC) and rho, passes, eps (COS). diagnostics() = {"ftbc": calibration, "offset_spike": COS}.
-    """
-
-    name = "ftbc_offset_spike"
-
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        self.cos = OffsetSpike(cfg)
-        self.first_chunk = self.cos.first_chunk
-        self._cos_controller = OffsetSpikeController(self.cos.rho, self.cos.passes, self.cos.eps)
-
-    def _controller(self, ftbc: FTBCController):
-        return _FTBCWithCOS(self._cos_controller, ftbc)
-
-    def attach(self, snn: SpikingNetwork) -> None:
-        self.cos.attach(snn)
-
-    def sim_steps(self, T_max: int) -> int:
-        return self.cos.sim_steps(T_max)
-
-    def latency(self, T: int, n_spiking: int) -> dict[str, int]:
-        return self.cos.latency(T, n_spiking)
-
-    def diagnostics(self) -> dict:
-        return {"ftbc": self._diag, "offset_spike": self.cos.diagnostics()}
-
-    def result_sections(self) -> dict[str, dict]:
-        return self.diagnostics()  # results.json keeps the two sections side by side, as the single methods write them

@@ -50,11 +50,30 @@ Deviations from the released code (hzc1208/ANN2SNN_COS @ ecb3587, see specs/offs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from snnconv.methods.base import Method, option
+from snnconv.methods.base import Method, MethodConfig
+from snnconv.methods.registry import register_method
 from snnconv.snn import SpikingNetwork
-from snnconv.snn.neuron import IFNeuron
+from snnconv.snn.neuron import Controller, IFNeuron
+
+
+@dataclass
+class OffsetSpikeConfig(MethodConfig):
+    """COS settings (the paper: rho = 4 on CIFAR, 8 on ImageNet; passes = 2 / 4 for "Ours x2 / x4")."""
+
+    name: str = "offset_spike"
+    rho: int = 4  # pre-simulation steps per pass
+    passes: int = 1  # judge-and-shift rounds
+    eps: float = 0.001  # Theorem 2 epsilon, in units of theta
+
+    def check(self) -> None:
+        super().check()
+        self.require(self.rho >= 1, f"method.rho={self.rho} must be >= 1 (pre-simulation steps)")
+        self.require(self.passes >= 1, f"method.passes={self.passes} must be >= 1")
+        self.require(0 < self.eps < 1, f"method.eps={self.eps} must be in (0, 1) (units of theta)")
 
 
 class _LayerStats:
@@ -81,7 +100,7 @@ def _pct(x, n: int) -> float:
     return round(100.0 * float(x) / max(n, 1), 4)
 
 
-def _presim(
+def presimulate(
     neuron: IFNeuron,
     inputs: torch.Tensor,
     v0: torch.Tensor,
@@ -112,7 +131,7 @@ def _presim(
     return n, m_min, v_max, v, S
 
 
-class OffsetSpikeController:
+class OffsetSpikeController(Controller):
     """Per-layer controller installed on an IFNeuron: computes the calibrated v(0) [B, ...] from the layer's
     input sequence [T_sim, B, ...] (T_sim >= rho). `stats`, if given, accumulates the psi diagnostics."""
 
@@ -132,14 +151,14 @@ class OffsetSpikeController:
                 f"offset_spike pre-simulates rho={rho} steps but the neuron got {inputs.shape[0]} steps in its first "
                 f"chunk; simulate Method.sim_steps(T) = max(T, rho) steps with time_chunk >= rho"
             )
-        theta = neuron.theta(inputs.dim() - 1).to(inputs.dtype)
+        theta = neuron.threshold_view(inputs.dim() - 1).to(inputs.dtype)
         v0_base = (neuron.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype).clone()
         v0 = v0_base
         diag = self.stats is not None
         psi_rows, shift_rows = [], []
         desired = None
         for k in range(self.passes):
-            n, m_min, v_max, v_rho, S = _presim(neuron, inputs, v0, theta, rho, input_sum=diag and k == 0)
+            n, m_min, v_max, v_rho, S = presimulate(neuron, inputs, v0, theta, rho, input_sum=diag and k == 0)
             if k == 0:
                 r, r1, n1 = v_rho, v_rho, n  # the paper's v(rho) from v0_base
             else:  # = v(rho) - (v0 - v0_base), without cancelling the shift in floating point
@@ -156,7 +175,7 @@ class OffsetSpikeController:
                 shift_rows.append(torch.stack([down.sum(), up.sum(), (above & ~up).sum()]))
             v0 = torch.where(down, v0 - delta_down, torch.where(up, v0 + delta_up, v0))
         if diag:
-            n = _presim(neuron, inputs, v0, theta, rho, traces=False)[0]
+            n = presimulate(neuron, inputs, v0, theta, rho, traces=False)[0]
             psi_rows.append(self._psi_row(desired, n))
             self.stats.add(psi_rows, shift_rows, v0.numel())
         return v0
@@ -168,29 +187,26 @@ class OffsetSpikeController:
         return torch.stack([(psi == 0).sum(), (psi * psi).sum()])
 
 
+@register_method("offset_spike", OffsetSpikeConfig)
 class OffsetSpike(Method):
-    """COS as a `Method`: `attach` installs an OffsetSpikeController on every IFNeuron.
-
-    cfg fields: rho (pre-simulation steps per pass), passes (judge-and-shift rounds), eps (Theorem 2, units of theta).
-    """
-
-    name = "offset_spike"
+    """COS as a `Method`: `attach` installs an OffsetSpikeController on every IFNeuron (`OffsetSpikeConfig`)."""
 
     def __init__(self, cfg=None, diagnose: bool = True):
         super().__init__(cfg)
-        self.rho = int(option(cfg, "rho", 4))
-        self.passes = int(option(cfg, "passes", 1))
-        self.eps = float(option(cfg, "eps", 0.001))
+        self.rho, self.passes, self.eps = int(self.cfg.rho), int(self.cfg.passes), float(self.cfg.eps)
         self.first_chunk = self.rho  # the pre-simulation reads a layer's first rho inputs in one call
         self.diagnose = diagnose
         self._stats: dict[str, _LayerStats] = {}
-        OffsetSpikeController(self.rho, self.passes, self.eps)  # validates the values
 
     def attach(self, snn: SpikingNetwork) -> None:
         """Set `controller` on every neuron. Diagnostics keep accumulating across attach calls (per layer name)."""
         for name, neuron in snn.neurons().items():
             stats = self._stats.setdefault(name, _LayerStats()) if self.diagnose else None
-            neuron.controller = OffsetSpikeController(self.rho, self.passes, self.eps, stats)
+            neuron.controllers = (self.controller(stats),)
+
+    def controller(self, stats: _LayerStats | None = None) -> OffsetSpikeController:
+        """A layer's COS controller with this method's settings (`stats` accumulates its psi diagnostics)."""
+        return OffsetSpikeController(self.rho, self.passes, self.eps, stats)
 
     def sim_steps(self, T_max: int) -> int:
         return max(int(T_max), self.rho)

@@ -23,6 +23,7 @@ from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
 from snnconv.snn.neuron import IFNeuron, SimContext
 from snnconv.snn.simulate import SpikingNetwork, StaticMemo
+from snnconv.utils import eval_mode, modules_of_type
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -186,7 +187,7 @@ def convert(ann: nn.Module, example: torch.Tensor) -> SpikingNetwork:
     prefix = found.prefix
     net = copy.deepcopy(ann).eval()
     ctx = SimContext()
-    neurons = [n for n, m in net.named_modules() if isinstance(m, SourceActivation)]
+    neurons = list(modules_of_type(net, SourceActivation))
     for name in neurons:
         _set_submodule(net, name, IFNeuron(net.get_submodule(name).neuron_spec(), ctx))
     for name in prefix:

@@ -10,9 +10,13 @@ Shapes: the layer input is time-major with time folded into the batch, [k*B, ...
 unfolds it to [k, B, ...] and loops over t. State (v, step count) persists across the chunks of one simulation;
 `SpikingNetwork` resets it at the start of every simulation, so users never call a reset.
 
-Hooks (the neuron exposes them, the algorithms live in `snnconv.methods`): `controller` may define
-  initial_potential(neuron, inputs[k, B, ...]) -> v0 tensor [B, ...]   (sees the first chunk, see first_chunk)
-  on_step(neuron, t, current, m, s) -> (m, s)                          (may change m and re-fire, e.g. FTBC)
+Hooks (the neuron exposes them, the algorithms live in `snnconv.methods`): a neuron holds a tuple of
+`Controller`s (`IFNeuron.controllers`); each may override
+  initial_potential(neuron, inputs[k, B, ...]) -> v0 [B, ...] or None   (sees the first chunk; the first
+                                                                        non-None answer wins, e.g. COS)
+  on_step(neuron, t, current, v_prev, m, s) -> (m, s)                   (may change m and re-fire, e.g. FTBC;
+                                                                        chained in tuple order)
+A neuron none of whose controllers overrides `on_step` runs the fused in-place step.
 """
 
 from __future__ import annotations
@@ -37,6 +41,32 @@ def per_channel(vec: torch.Tensor, ndim: int) -> torch.Tensor:
     return vec.view(-1, *([1] * (ndim - 2)))
 
 
+class Controller:
+    """What a calibration method installs on an `IFNeuron` (see the module docstring). Both hooks are no-ops
+    here; a subclass overrides the ones it needs. Units: absolute potentials (theta = the neuron's threshold)."""
+
+    def initial_potential(self, neuron: IFNeuron, inputs: torch.Tensor) -> torch.Tensor | None:
+        """v(0) [B, ...] from the first chunk's layer inputs [k, B, ...], or None to leave it to others."""
+        return None
+
+    def on_step(
+        self,
+        neuron: IFNeuron,
+        t: int,
+        current: torch.Tensor,
+        v_prev: torch.Tensor,
+        m: torch.Tensor,
+        s: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """After step t ([B, ...] tensors: layer input `current`, potential v(t-1) = `v_prev`, pre-reset potential
+        m and spikes s in {0, 1}): return the (m, s) the neuron keeps; v(t) = m - theta * s."""
+        return m, s
+
+
+def _overrides(ctrl: Controller, hook: str) -> bool:
+    return getattr(type(ctrl), hook) is not getattr(Controller, hook)
+
+
 class SimContext:
     """Shared by all neurons of one network: batch size B, steps per call (chunk), total steps T, simulation id."""
 
@@ -55,7 +85,7 @@ class IFNeuron(nn.Module):
         self.v0_frac = float(spec.v0_frac)
         self.shift_per_step = bool(spec.shift_per_step)
         self.ctx = ctx
-        self.controller = None
+        self.controllers: tuple[Controller, ...] = ()
         self.v: torch.Tensor | None = None
         self.t = 0
 
@@ -72,7 +102,8 @@ class IFNeuron(nn.Module):
             self.bias = torch.empty_like(state_dict[key], device=self.threshold.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def theta(self, ndim: int) -> torch.Tensor:
+    def threshold_view(self, ndim: int) -> torch.Tensor:
+        """The threshold theta viewed to broadcast over a [B, C, ...] tensor with `ndim` dims."""
         return per_channel(self.threshold, ndim)
 
     def step_offset(self, t: int, ndim: int) -> torch.Tensor | None:
@@ -80,7 +111,7 @@ class IFNeuron(nn.Module):
         theta/(2T) minus the bias at t, broadcastable per channel; None when both are absent."""
         offset = None
         if self.shift_per_step:
-            offset = self.theta(ndim) / (2 * self.ctx.total_steps)
+            offset = self.threshold_view(ndim) / (2 * self.ctx.total_steps)
         if self.bias.numel():
             if t >= self.bias.shape[0]:
                 raise RuntimeError(f"bias calibrated for {self.bias.shape[0]} steps, simulation needs step {t + 1}")
@@ -114,23 +145,26 @@ class IFNeuron(nn.Module):
         raise RuntimeError(f"neuron input batch {x.shape[0]} is neither B={B} nor chunk*B={k * B}")
 
     def initial_potential(self, inputs: torch.Tensor) -> torch.Tensor:
-        """v(0) for inputs [k, B, ...]: the controller's per-neuron value, or v0_frac * theta."""
-        if self.controller is not None and hasattr(self.controller, "initial_potential"):
-            return self.controller.initial_potential(self, inputs)
-        theta = self.theta(inputs.dim() - 1)
+        """v(0) for inputs [k, B, ...]: the first controller's per-neuron value, or v0_frac * theta."""
+        for ctrl in self.controllers:
+            if _overrides(ctrl, "initial_potential"):
+                v0 = ctrl.initial_potential(self, inputs)
+                if v0 is not None:
+                    return v0
+        theta = self.threshold_view(inputs.dim() - 1)
         return (self.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype)  # forward() takes its own copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.unfold(x)
         if self.t == 0:
             self.v = self.initial_potential(seq).clone()  # owned: the fast path updates it in place
-        theta = self.theta(seq.dim() - 1)
-        on_step = getattr(self.controller, "on_step", None)
+        theta = self.threshold_view(seq.dim() - 1)
+        on_step = [c for c in self.controllers if _overrides(c, "on_step")]
         out = torch.empty_like(seq, memory_format=torch.contiguous_format)  # viewed as [k*B, ...] below
         v = self.v
         for i in range(seq.shape[0]):
             t = self.t + i
-            if on_step is None:  # fused in place: 4-5 passes over the state instead of 7 (scripts/bench_simulation.py)
+            if not on_step:  # fused in place: 4-5 passes over the state instead of 7 (scripts/bench_simulation.py)
                 v.add_(seq[i])
                 offset = self.step_offset(t, v.dim())
                 if offset is not None:
@@ -139,8 +173,9 @@ class IFNeuron(nn.Module):
                 out[i].mul_(theta)
                 v.sub_(out[i])
             else:
-                s, m, v = self.step(v, seq[i], t, theta)
-                m, s = on_step(self, t, seq[i], m, s)
+                s, m, _ = self.step(v, seq[i], t, theta)
+                for ctrl in on_step:
+                    m, s = ctrl.on_step(self, t, seq[i], v, m, s)
                 v = m - theta * s
                 torch.mul(s, theta, out=out[i])
         self.v = v
