@@ -109,10 +109,9 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_missing_data_set_exits_nonzero_with_one_line(tmp_path):
-    start = time.perf_counter()
     proc = _run_cli("data=cifar100", "arch=vgg16", "data.root=/nonexistent", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "outputs" / "checkpoints").exists()  # refused before any training (no timing test)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "CIFAR-100" in lines[0] and "data.root=/nonexistent" in lines[0], proc.stderr
 
