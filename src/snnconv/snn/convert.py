@@ -23,7 +23,7 @@ from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
 from snnconv.snn.neuron import IFNeuron, SimContext
 from snnconv.snn.simulate import SpikingNetwork, StaticMemo
-from snnconv.utils import eval_mode, modules_of_type
+from snnconv.utils import modules_of_type
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
