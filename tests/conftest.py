@@ -14,11 +14,11 @@ from snnconv.config import register_configs
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_config(*overrides: str, search_path: str | Path | None = None):
+def compose_config(*overrides: str, search_path: str | Path | None = None, return_hydra_config: bool = False):
     register_configs()
     extra = [f"hydra.searchpath=[file://{Path(search_path).resolve()}]"] if search_path else []
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(config_name="config", overrides=[*extra, *overrides])
+        return compose(config_name="config", overrides=[*extra, *overrides], return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

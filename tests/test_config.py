@@ -91,7 +91,7 @@ def test_list_sweep_values_compose(compose_cfg):
 
 def test_slurm_launcher_requeues_and_feeds_the_loader_workers(compose_cfg):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)  # fixture's Hydra
+    cfg = compose_cfg("hydra/launcher=slurm", return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
     assert launcher.gpus_per_node == 1 and launcher.cpus_per_task == 9  # 8 auto workers + the main process

@@ -22,8 +22,9 @@ import torch
 
 from nets import dyadic_ann, dyadic_images, images, random_ann
 from snnconv.device import configure_numerics
-from snnconv.methods.ftbc import FTBC, naive_calibrate
+from snnconv.methods.ftbc import FTBC
 from snnconv.methods.offset_spike import OffsetSpike
+from snnconv.methods.reference import naive_calibrate
 from snnconv.snn import convert
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -23,7 +23,7 @@ from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
 from snnconv.snn.neuron import IFNeuron, SimContext
 from snnconv.snn.simulate import SpikingNetwork, StaticMemo
-from snnconv.utils import modules_of_type
+from snnconv.utils import eval_mode, modules_of_type
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -126,15 +126,12 @@ def inspect_ann(ann: nn.Module, example: torch.Tensor) -> Inspection:
         if name:
             hooks.append(m.register_forward_pre_hook(lambda *_, n=name: mode.stack.append(n)))
             hooks.append(m.register_forward_hook(lambda *_: mode.stack.pop() and None))  # None: output unchanged
-    was_training = ann.training
-    ann.eval()
     try:
-        with mode:
+        with mode, eval_mode(ann):
             ann(example)
     finally:
         for h in hooks:
             h.remove()
-        ann.train(was_training)
     return Inspection(prefix, calls, mode.violations, mode.untainted_nonlinear)
 
 

@@ -41,6 +41,7 @@ from torch.func import functional_call
 
 from snnconv import SnnconvError
 from snnconv.ann.base import SourceActivation
+from snnconv.utils import eval_mode
 
 GiB = 1024**3
 
@@ -88,13 +89,10 @@ def profile_network(model: nn.Module, input_shape: tuple[int, ...]) -> MemoryPro
     handles = [m.register_forward_hook(hook) for _, m in _leaves(model)]
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = functional_call(model, meta, (torch.empty(1, *input_shape, device="meta"),))
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     acts = [i for i, (is_act, _, _) in enumerate(sizes) if is_act]
