@@ -300,6 +300,15 @@ def shard_batches(loader: DataLoader, max_batches: int = 0) -> DataLoader:
     return _rebuild(loader, sampler=images, batch_size=size, drop_last=False)
 
 
+def shard_images(loader: DataLoader) -> DataLoader:
+    """This rank's contiguous share of an in-order `loader`'s images (`shard_range`: sizes differ by at most one),
+    in batches of the loader's size: for computations that do not depend on the batching (the exact ReLU
+    percentiles). One process: `loader` itself."""
+    if world_size() == 1:
+        return loader
+    return _rebuild(loader, sampler=shard_range(len(loader.dataset)), drop_last=False)
+
+
 def check_global_batch(batch_size: int) -> int:
     """The per-rank batch of a global `batch_size` (data.batch_size); SnnconvError when the ranks cannot share it
     evenly."""

@@ -1,6 +1,10 @@
 """Accuracy at every T in the list from ONE simulation of T_max steps (cumulative mean of the output layer),
 plus the ANN's accuracy and the SNN-vs-ANN agreement (share of images with the same predicted class).
 
+Many ranks (snnconv.distributed): each rank evaluates its shard of the test set (`shard_batches`: whole
+batches, each image once); the integer counts, the method's diagnostics and the spike counter's sums are added
+over ranks at the end, so every rank returns the numbers one process would.
+
 Sources whose dynamics depend on T (rts with rts_shift=per_step) are simulated once per T instead.
 With a `snnconv.stats.SpikeCounter`, spikes, SOPs and the per-layer conversion error are read from the same
 simulations at the same T values (hooks only; the accuracies do not change, tests/test_stats.py).
@@ -13,6 +17,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from snnconv import distributed
 from snnconv.methods.base import Method
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
@@ -46,7 +51,8 @@ def evaluate(
     """Returns {"ann_acc": %, "acc": {T: %}, "agreement": {T: %}, "images": n} over the loader; `counter`
     (optional) counts during the same simulations (read its `summary()` afterwards). `micro_batch` in [1, B):
     each loader batch is evaluated that many images at a time (a memory plan, `snnconv.snn.memory`; images are
-    independent, so nothing changes, tests/test_memory.py). Counts stay on the device until the end."""
+    independent, so nothing changes, tests/test_memory.py). Counts stay on the device until the end. Several
+    ranks: `loader` is this rank's shard; call on every rank; the numbers returned are over all ranks."""
     ann.eval()
     snn.eval()
     method.attach(snn)
@@ -78,7 +84,13 @@ def evaluate(
                 correct += (pred == y).sum(1)
                 agree += (pred == ann_pred).sum(1)
                 n += y.numel()
-    correct, agree, ann_correct = correct.cpu(), agree.cpu(), ann_correct.cpu()
+    totals = torch.cat([correct, agree, ann_correct.view(1), torch.tensor([n], device=device)])
+    totals = distributed.all_reduce_sum(totals).cpu()
+    k = len(T_list)
+    correct, agree, (ann_correct, n) = totals[:k], totals[k : 2 * k], totals[2 * k :].tolist()
+    method.reduce_diagnostics()
+    if counter is not None:
+        counter.reduce_over_ranks()
     pct = lambda c: round(100.0 * float(c) / max(n, 1), 4)  # noqa: E731
     return {
         "ann_acc": pct(ann_correct),

@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from snnconv import SnnconvError
+from snnconv import SnnconvError, distributed
 from snnconv.ann.base import SourceActivation
 from snnconv.snn.neuron import IFNeuron
 
@@ -417,6 +417,7 @@ class SpikeCounter:
         self._presim_rho = 0
         self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._B = 0
+        self._reduced = False  # reduce_over_ranks ran
 
     @contextlib.contextmanager
     def attached(self, snn, ann: nn.Module | None = None):
@@ -453,6 +454,8 @@ class SpikeCounter:
 
     def begin(self, read_at: Iterable[int], batch: int) -> None:
         """Before a simulation of this batch (`batch` images) that will be read at every T in `read_at`."""
+        if self._reduced:
+            raise RuntimeError("this SpikeCounter was summed over ranks already; count a new evaluation with a new one")
         self._group = sorted({int(t) for t in read_at})
         self._presim = {}
         for name, neuron in self._neurons.items():
@@ -545,6 +548,24 @@ class SpikeCounter:
                     extra = passes * torch.dot(per_neuron.view(-1), r.fanout.view(-1))
                     for t in self._group:
                         _LayerCounts.add(counts.presim_sops, t, extra)
+
+    def reduce_over_ranks(self) -> None:
+        """Several ranks (snnconv.distributed; `evaluate` calls this on every rank after its shard): replace this
+        counter's sums by their sums over all ranks. Spike and SOP counts and psi=0 counts are integers (equal to
+        one process's); the float64 squared errors differ from one process's only in summation order. A counter
+        counts one distributed evaluation: it refuses to count again after this."""
+        if not distributed.is_distributed():
+            return
+        total = distributed.sum_over_ranks(
+            {"images": self.images, "layers": {name: vars(c) for name, c in self.layers.items()}}
+        )
+        self.images = total.get("images", {})
+        for name, counts in self.layers.items():
+            for key, value in total.get("layers", {}).get(name, {}).items():
+                setattr(counts, key, value)
+        for seen in distributed.gather_objects(self._presim_seen):
+            self._presim_seen.update(seen)
+        self._reduced = True
 
     # ------------------------------------------------------------------------------------------------------
     def summary(self, preset: str = "fp32-45nm") -> dict:

@@ -8,6 +8,12 @@ momentum, which makes the threshold depend on the batch size): `TopValues` strea
 the values above the percentile's rank. Per-channel thresholds are what SpikingJelly's channel-wise
 normalisation (and Rueckauer et al. 2017's robust normalisation per channel) uses; the IF neuron takes a [C]
 threshold as is (`snnconv.snn.neuron.per_channel`).
+
+Many ranks (snnconv.distributed): each rank streams its share of the calibration batches (whole batches of the
+one-process loader, `distributed.shard_batches`, so every activation value is computed bit for bit as one
+process computes it: a Linear layer's rows can round differently in another batch size), the value counts are
+summed over ranks, and `TopValues.merge_ranks` keeps the k largest of all ranks' kept values (the k largest of a
+union are among the k largest of each part): every rank sets the thresholds one process would, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from snnconv import SnnconvError
+from snnconv import SnnconvError, distributed
 from snnconv.ann.base import NeuronSpec, SourceActivation
 from snnconv.ann.registry import register_source
 from snnconv.utils import capture_outputs, eval_mode, modules_of_type
@@ -49,11 +55,12 @@ class ReLUAct(SourceActivation):
 
     @classmethod
     def calibrate(cls, model, calib_loader, ann_cfg, device) -> dict:
-        """Thresholds from the calibration subset (`calib_loader` yields (images, labels)); results.json keeps
-        them under ann.snn_thresholds (per channel: [min, mean, max] over the channels)."""
+        """Thresholds from the calibration subset (`calib_loader` yields (images, labels); several ranks: this
+        rank's whole batches, `distributed.shard_batches`); results.json keeps them under ann.snn_thresholds (per
+        channel: [min, mean, max] over the channels)."""
         thresholds = calibrate_thresholds(
             model, (x for x, _ in calib_loader), ann_cfg.percentile, device, ann_cfg.threshold_granularity,
-            num_images=len(calib_loader.dataset),
+            num_images=len(calib_loader.sampler),  # this rank's images (the whole subset in one process)
         )
         return {"snn_thresholds": thresholds}
 
@@ -99,6 +106,15 @@ class TopValues:
         k = min(self.k, merged.shape[1])
         self.top = merged.topk(k, dim=1, largest=True, sorted=True).values
 
+    def merge_ranks(self) -> None:
+        """Several ranks, each having streamed its own values (`n` counts all ranks' values; call on every rank):
+        keep the k largest of every rank's kept values, on every rank. One process: nothing to do."""
+        if not distributed.is_distributed():
+            return
+        merged = distributed.all_gather_cat(self.top.t().contiguous()).t()  # [groups, sum of the ranks' kept counts]
+        self.top = merged.topk(min(self.k, merged.shape[1]), dim=1, largest=True, sorted=True).values
+        self.seen = int(distributed.all_reduce_sum(torch.tensor([self.seen])).item())
+
     def result(self) -> torch.Tensor:
         """[groups] float64: the percentile of each group."""
         if self.seen != self.n:
@@ -133,8 +149,9 @@ def calibrate_thresholds(
     1e-6 (a never-active layer or channel).
 
     batches: images [B, C, H, W]; when num_images (their total) is not given, they are gathered in a list first,
-    since the exact selection must know each group's value count up front. Result: {name: theta} (per channel:
-    [min, mean, max] over channels). Memory: see TopValues (per layer and channel, (1 - p/100) of the values).
+    since the exact selection must know each group's value count up front. Several ranks (call on every rank):
+    `batches` and `num_images` are this rank's share (`distributed.shard_batches`; a rank may have none).
+    Result: {name: theta} (per channel: [min, mean, max] over channels). Memory: see TopValues (per layer and channel, (1 - p/100) of the values).
     Raises SnnconvError for an unknown granularity or no images.
     """
     if granularity not in ("layer", "channel"):
@@ -142,6 +159,7 @@ def calibrate_thresholds(
     if num_images is None:
         batches = list(batches)
         num_images = sum(int(x.shape[0]) for x in batches)
+    num_images = sum(distributed.gather_objects(int(num_images)))  # over all ranks
     if num_images < 1:
         raise SnnconvError("ReLU thresholds need calibration images; raise data.calib_size")
     per_channel = granularity == "channel"
@@ -163,8 +181,13 @@ def calibrate_thresholds(
         capture_outputs(acts, forward_all, once=False, sink=add)
     result: dict[str, float | list[float]] = {}
     for n, m in acts.items():
-        if n not in stats:
+        sizes = [s for s in distributed.gather_objects((stats[n].n, stats[n].groups) if n in stats else None) if s]
+        if not sizes:
             raise SnnconvError(f"activation {n!r} did not run on the calibration images")
+        if n not in stats:  # a rank without calibration images joins the merge with no values
+            stats[n] = TopValues(sizes[0][0], percentile, sizes[0][1])
+            stats[n].top = torch.empty(sizes[0][1], 0, device=device)
+        stats[n].merge_ranks()
         theta = stats[n].result().clamp_min(1e-6).float()
         m.threshold = (theta if per_channel else theta.reshape(())).to(m.threshold.device)
         result[n] = (

@@ -6,6 +6,7 @@ tied together by `snnconv.methods.registry.register_method`. The runner calls, i
   calibrate(snn, ann, batches, T_max, time_chunk) -> dict     fills buffers (FTBC), training-split batches only
   attach(snn)                                                 installs inference-time controllers (COS)
   ... evaluation: snn(x, sim_steps(T_max), time_chunk, first_chunk) ...
+  reduce_diagnostics()                                        after evaluation, on every rank: sum over ranks
   result_sections() -> {results.json key: JSON-able dict}     empty sections are dropped
 and reads latency(T, n_spiking) for the latency columns.
 """
@@ -86,6 +87,10 @@ class Method:
     def latency(self, T: int, n_spiking: int) -> dict[str, int]:
         """Steps each layer integrates for a result read at T (and, when it differs, a pipelined deployment's)."""
         return {"latency_steps": T}
+
+    def reduce_diagnostics(self) -> None:
+        """Called by `evaluate` on every rank after its shard: make `diagnostics()` report the sums over all ranks
+        (snnconv.distributed). Must not change the local counters (a later evaluation adds to them)."""
 
     def diagnostics(self) -> dict:
         return {}

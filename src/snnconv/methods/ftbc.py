@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from snnconv import SnnconvError
+from snnconv import SnnconvError, distributed
 from snnconv.ann.base import SourceActivation
 from snnconv.methods.base import Method, MethodConfig
 from snnconv.methods.registry import register_method
@@ -96,10 +96,21 @@ class FTBCConfig(MethodConfig):
         self.require(self.update in UPDATES, f"method.update={self.update!r} is not one of {', '.join(UPDATES)}")
 
 
-def channel_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dim but the channel dim 1: [B, C, ...] -> [C] ([B, F] -> [F])."""
+def channel_mean(x: torch.Tensor, accumulate: torch.dtype = torch.float64) -> torch.Tensor:
+    """Mean over every dim but the channel dim 1, over the positions of ALL ranks: [B, C, ...] -> [C] ([B, F] ->
+    [F]), in x's dtype. Per channel the sum (accumulated in `accumulate`) and the position count are added over
+    ranks, then divided (snnconv.distributed; one process: the plain mean).
+
+    Exactness across ranks holding slices of one batch: float64 sums of float32 values differ only in summation
+    order, far below float32's rounding of the quotient; spike tensors (0/1) are summed in float32, exact for
+    counts < 2^24 in any order (callers pass accumulate=torch.float32 for them, 10x cheaper here)."""
     dims = [0, *range(2, x.dim())]
-    return x.mean(dim=dims)
+    sums = x.sum(dim=dims, dtype=accumulate).double()
+    count = x.numel() // max(x.shape[1], 1)
+    if distributed.is_distributed():
+        reduced = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
+        sums, count = reduced[:-1], reduced[-1]
+    return (sums / count).to(x.dtype)
 
 
 def check_T_independent(neurons: dict[str, IFNeuron]) -> None:
@@ -169,7 +180,7 @@ class FTBCController(Controller):
         with the new beta: (m', s', v') with v' = m' - theta * s'."""
         theta = neuron.threshold_view(m.dim())
         if self.update == "residual":
-            delta = channel_mean(s) * neuron.threshold - self.target
+            delta = channel_mean(s, torch.float32) * neuron.threshold - self.target
         else:
             if t == 0:
                 self._v_oracle = v_prev.clone()

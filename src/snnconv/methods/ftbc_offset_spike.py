@@ -52,6 +52,9 @@ class FTBCOffsetSpike(FTBC):
     def latency(self, T: int, n_spiking: int) -> dict[str, int]:
         return self.cos.latency(T, n_spiking)
 
+    def reduce_diagnostics(self) -> None:
+        self.cos.reduce_diagnostics()
+
     def diagnostics(self) -> dict:
         return {"ftbc": self._diag, "offset_spike": self.cos.diagnostics()}
 

@@ -31,7 +31,8 @@ For v0_b = theta/2 `desired` is the QCFS level (L = rho) of the layer's mean inp
 pass k from the pre-simulation after k shifts (the final one is an extra, diagnostic-only rho-step pre-sim, not
 counted in the latency; turn it off with ``OffsetSpike(cfg, diagnose=False)``). Counts are summed over all
 calls (batches) and reported as percent of neurons with psi == 0 and mean psi^2 (spikes^2), per layer and
-neuron-weighted in total.
+neuron-weighted in total. Many ranks: the integer sums are added over ranks (`reduce_diagnostics`), so the shares
+equal one process's on the same test images.
 
 Deviations from the released code (hzc1208/ANN2SNN_COS @ ecb3587, see specs/offset_spike_and_qcfs_reference_code.md):
 - Saturated neurons are not shifted up: UP requires n < rho. The released code also shifts neurons that fired at
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
+from snnconv import distributed
 from snnconv.methods.base import Method, MethodConfig
 from snnconv.methods.registry import register_method
 from snnconv.snn import SpikingNetwork
@@ -197,6 +199,7 @@ class OffsetSpike(Method):
         self.first_chunk = self.rho  # the pre-simulation reads a layer's first rho inputs in one call
         self.diagnose = diagnose
         self._stats: dict[str, _LayerStats] = {}
+        self._reduced: dict[str, _LayerStats] = {}  # sums over ranks (reduce_diagnostics); empty in one process
 
     def attach(self, snn: SpikingNetwork) -> None:
         """Set `controller` on every neuron. Diagnostics keep accumulating across attach calls (per layer name)."""
@@ -217,6 +220,24 @@ class OffsetSpike(Method):
 
     def reset_diagnostics(self) -> None:
         self._stats.clear()
+        self._reduced.clear()
+
+    def reduce_diagnostics(self) -> None:
+        """Sum every layer's counters over ranks into `_reduced` (the local ones are kept, so a later evaluation
+        adds to them and is reduced afresh). A rank that evaluated no image contributes zeros."""
+        self._reduced = {}
+        if not distributed.is_distributed():
+            return
+        for name in self._stats:  # every rank attached the same layers, in the same order
+            s = self._stats[name]
+            psi = s.psi.cpu() if s.psi is not None else torch.zeros(self.passes + 1, 2, dtype=torch.long)
+            shift = s.shift.cpu() if s.shift is not None else torch.zeros(self.passes, 3, dtype=torch.long)
+            flat = torch.cat([psi.flatten(), shift.flatten(), torch.tensor([s.neurons, s.calls])])
+            flat = distributed.all_reduce_sum(flat)
+            total = _LayerStats()
+            total.psi, total.shift = flat[: psi.numel()].view_as(psi), flat[psi.numel() : -2].view_as(shift)
+            total.neurons, total.calls = (int(v) for v in flat[-2:])
+            self._reduced[name] = total
 
     def diagnostics(self) -> dict:
         """psi_zero_share (%) and psi_mse (spikes^2) per pass [0 = before, 1..passes = after each pass], per
@@ -234,7 +255,8 @@ class OffsetSpike(Method):
             }
 
         out: dict = {"rho": self.rho, "passes": self.passes, "eps": self.eps}
-        used = {name: s for name, s in self._stats.items() if s.psi is not None}
+        stats = self._reduced or self._stats
+        used = {name: s for name, s in stats.items() if s.psi is not None and s.neurons}
         if not used:
             return out
         layers = {name: summarise(s.psi, s.shift, s.neurons) for name, s in used.items()}
