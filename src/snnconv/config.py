@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from snnconv import SnnconvError
 from snnconv.checkpoints import FORMATS
@@ -77,6 +77,7 @@ class TrainConfig:
     save_every: int = 1  # epochs between resume checkpoints next to the cache entry (0 = none; needs cache=true)
     amp: bool = False  # bf16 autocast on CUDA (fp32 weights); a no-op, said in one line, on other devices
     channels_last: bool = False  # NHWC weights and inputs while training (faster convolutions on tensor cores)
+    sync_bn: bool = False  # several ranks: BatchNorm statistics over the global batch (torch SyncBatchNorm, CUDA only)
 
 
 @dataclass
@@ -113,6 +114,19 @@ class Config:
     experiment: Optional[str] = None
     debug: Optional[str] = None
     extra: Any = None  # free-form notes carried into results.json
+
+
+def _start_time(pattern: str) -> str:
+    from snnconv import distributed  # imports torch: only when Hydra resolves its run directory
+
+    return distributed.start_time().strftime(pattern)
+
+
+# `${start_time:%Y-...}` in conf/config.yaml's hydra.run.dir / hydra.sweep.dir: Hydra's `now`, except that every
+# rank of a torchrun / srun launch gets rank 0's time (snnconv.distributed.init broadcasts it), so all ranks use
+# one output directory. Registered at import: SLURM tasks of Hydra's submitit launcher unpickle the task function
+# (importing this module) without running run.py's module code.
+OmegaConf.register_new_resolver("start_time", _start_time, use_cache=True, replace=True)
 
 
 def register_configs() -> None:

@@ -3,11 +3,21 @@
 Cache: ``<checkpoint_dir>/<key>.pt`` where key = sha1 of the config fields that change the trained weights
 (data set and its training-side fields, arch, ann source, train recipe, seed). Sweeps over method, T, alpha,
 ann.percentile or the SNN settings therefore train once. ``ann.checkpoint=PATH`` loads a state dict instead.
+
+Many ranks (snnconv.distributed, launched by torchrun or SLURM): torch's DistributedDataParallel (gradients
+averaged over ranks, so a step equals one process's step on the same global batch), DistributedSampler with
+set_epoch (the recipe's data.batch_size is the GLOBAL batch, B / W images per rank), optional SyncBatchNorm
+(`train.sync_bn`: BN statistics over the global batch; without it each rank normalises its own B / W images and
+rank 0's BN buffers are kept at the end). Rank 0 alone takes the cache lock and writes the cache entry and the
+resume checkpoints; the others follow its decisions and load what it wrote. The sampler is the same in one
+process: the global batches depend on (seed, epoch) only, so a run resumed with another number of ranks sees the
+same batches (the runner passes `distributed.distributed_train_loader(loaders.train, seed)`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -24,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
-from snnconv import SnnconvError
+from snnconv import SnnconvError, distributed
 from snnconv.ann import SourceActivation, snn_only_fields
 from snnconv.checkpoints import read_checkpoint, remap_state_dict
 from snnconv.progress import progress_bar
@@ -35,7 +46,7 @@ from snnconv.utils import atomic_save, modules_of_type
 _DATA_IGNORED = ("root", "download", "test_batch_size", "num_workers", "calib_size", "limit_test")
 _ANN_IGNORED = ("checkpoint", "checkpoint_format", "trust_checkpoint")  # plus every source's snn_only_fields
 _TRAIN_IGNORED = ("cache", "save_every", "channels_last")
-_TRAIN_OMITTED_AT = {"amp": False}  # in the key only when set, so entries trained before the option keep their key
+_TRAIN_OMITTED_AT = {"amp": False, "sync_bn": False}  # in the key only when set: older entries keep their key
 # Newer arch fields, likewise left out of the key while at their default.
 _DEFAULTS_IGNORED = {"arch": {"maxpool": "keep", "model_name": "", "pretrained": False}}
 
@@ -107,6 +118,17 @@ def resume_path(path: Path) -> Path:
     return path.with_name(path.stem + ".resume.pt")
 
 
+def _distributed_net(model: nn.Module, train_cfg, device: torch.device) -> nn.Module:
+    """The module the training steps run: `model` itself in one process; with several ranks a DDP wrapper around
+    a copy (SyncBatchNorm layers if train.sync_bn), so `model` keeps its plain BN layers for the conversion."""
+    if not distributed.is_distributed():
+        return model
+    net = copy.deepcopy(model)
+    if train_cfg.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def train_ann(
     model: nn.Module,
     loader,
@@ -117,8 +139,10 @@ def train_ann(
 ) -> dict:
     """Train in place: SGD(momentum, weight decay) with a per-iteration cosine schedule over all epochs.
 
-    loader yields (images [B, C, H, W], labels [B]). Returns {"epochs", "loss", "train_acc"} of the last epoch
-    (and "resumed_from_epoch" when a checkpoint was resumed).
+    loader yields (images [B, C, H, W], labels [B]): this rank's loader, `distributed.distributed_train_loader`
+    (B / W images of each global batch, shuffled by seed + epoch; its sampler's `set_epoch` is called every epoch)
+    as the runner builds it. Call on every rank. Returns {"epochs", "loss", "train_acc"} of the last epoch, over
+    all ranks (and "resumed_from_epoch" when a checkpoint was resumed).
 
     Speed (train.*): `amp` = bf16 autocast on CUDA (weights, optimizer state and the loss stay fp32; no loss
     scaling is needed with bf16's 8-bit exponent, the scaler is saved disabled), `channels_last` = NHWC weights and
@@ -127,16 +151,27 @@ def train_ann(
 
     Resume: with `checkpoint` set, every `train.save_every` epochs (and after the last) the model, optimizer,
     scheduler, completed epoch count, RNG states (torch, CUDA, numpy, python, the loader's shuffling generator)
-    and the AMP scaler are written there atomically; a call that finds the file continues after its epoch. With
-    in-process data loading (data.num_workers=0) and deterministic kernels the resumed weights equal an
-    uninterrupted run's bit for bit (tests/test_train.py); persistent loader workers restart their augmentation
+    and the AMP scaler are written there atomically (by rank 0); a call that finds the file continues after its
+    epoch, on every rank, whatever the number of ranks that wrote it (the epoch's batches depend on seed and epoch
+    only). With in-process data loading (data.num_workers=0) and deterministic kernels the resumed weights equal
+    an uninterrupted run's bit for bit (tests/test_train.py); persistent loader workers restart their augmentation
     RNG streams at a resume (statistically the same, not bit-identical).
     """
     epochs = int(train_cfg.epochs)
     steps_per_epoch = len(loader) if not train_cfg.limit_batches else min(len(loader), train_cfg.limit_batches)
     total = max(1, epochs * steps_per_epoch)
+    channels_last = bool(train_cfg.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state = None
+    if ckpt is not None and distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    net = _distributed_net(model, train_cfg, device)
+    inner = net.module if isinstance(net, DistributedDataParallel) else net
     opt = torch.optim.SGD(
-        _param_groups(model, train_cfg.weight_decay, train_cfg.threshold_weight_decay),
+        _param_groups(inner, train_cfg.weight_decay, train_cfg.threshold_weight_decay),
         lr=train_cfg.lr,
         momentum=train_cfg.momentum,
     )
@@ -144,16 +179,10 @@ def train_ann(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
     amp = use_amp(bool(train_cfg.amp), device)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)  # bf16: no loss scaling
-    channels_last = bool(train_cfg.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     save_every = int(train_cfg.save_every)
     stats: dict[str, Any] = {"epochs": epochs, "loss": None, "train_acc": None}
     first = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -162,8 +191,10 @@ def train_ann(
         stats.update(state["stats"], resumed_from_epoch=first)
         if progress:
             print(f"resuming training after epoch {first}/{epochs} from {ckpt}")
-    model.train()
+    net.train()
     for epoch in range(first, epochs):
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
@@ -177,7 +208,7 @@ def train_ann(
                 x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
+                out = net(x)
                 loss = loss_fn(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,16 +219,20 @@ def train_ann(
             seen += y.numel()
             if progress and i % 20 == 0:  # the only host syncs of an epoch, besides its end
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", refresh=False)
-        loss_total = float(loss_sum)
+        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
+        loss_total, correct_total, seen_total = distributed.all_reduce_sum(sums).tolist()  # over all ranks
         if not math.isfinite(loss_total):
             raise SnnconvError(f"training diverged (loss {loss_total}) in epoch {epoch + 1}; lower train.lr")
-        stats.update(loss=round(loss_total / max(seen, 1), 5), train_acc=round(100 * int(correct) / max(seen, 1), 3))
+        stats.update(
+            loss=round(loss_total / max(seen_total, 1), 5), train_acc=round(100 * correct_total / max(seen_total, 1), 3)
+        )
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_acc']:.2f}%")
-        if ckpt is not None and save_every > 0 and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
+        last = epoch + 1 == epochs
+        if ckpt is not None and save_every > 0 and ((epoch + 1) % save_every == 0 or last) and distributed.is_main():
             atomic_save(
                 {
-                    "model": model.state_dict(),
+                    "model": inner.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -207,6 +242,9 @@ def train_ann(
                 },
                 ckpt,
             )
+    if inner is not model:
+        model.load_state_dict(inner.state_dict())
+        distributed.broadcast_module(model)  # BN buffers without sync_bn differ per rank: keep rank 0's
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
@@ -252,23 +290,48 @@ def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", 
     return used
 
 
+LOCK_POLL_S = 10.0  # several ranks: how often they ask rank 0 whether it got the cache lock
+
+
+def _try_lock(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 @contextlib.contextmanager
 def cache_lock(path: Path, progress: bool = True) -> Iterator[None]:
     """Exclusive lock on cache entry `path` (fcntl.flock on ``<path>.lock``, which works across processes and, on
     Linux NFS, across nodes): jobs of one sweep that need the same ANN train it once; the others wait here and
-    then load it. The lock file is left in place (unlinking it would let a third job lock a different inode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    then load it. The lock file is left in place (unlinking it would let a third job lock a different inode).
+
+    Several ranks (call on every rank): rank 0 alone holds the lock; while it waits, all ranks ask it every
+    LOCK_POLL_S seconds (one broadcast each), so no rank sits in one collective past its timeout while another job
+    trains for hours."""
+    many = distributed.is_distributed()
+    fh = None
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(path.name + ".lock"), "a+")  # closed in the finally below
+    try:
+        got = _try_lock(fh) if fh is not None else False
+        while not (distributed.broadcast_object(got) if many else got):
             if progress:
                 print(f"waiting for {path.name}: another job is training this ANN", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+                progress = False  # said once
+            if not many:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # one process: block until the other job is done
+                got = True
+            else:
+                time.sleep(LOCK_POLL_S)
+                got = _try_lock(fh) if fh is not None else False
+        yield
+    finally:
+        if fh is not None:
             fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
 
 def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, progress: bool = True) -> dict:
@@ -277,8 +340,9 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
     With the cache on, training holds the entry's lock (`cache_lock`; a job that finds it held waits, then loads
     what the first one saved), saves a resume checkpoint next to the entry every `train.save_every` epochs
     (``<entry>.resume.pt``; a rerun continues from it, e.g. a SLURM job requeued after a timeout), and replaces
-    it by the finished ANN. Returns {"source": checkpoint|cache|trained, "path", "seconds", "key", and train
-    stats when trained}.
+    it by the finished ANN. Several ranks: call on every rank; rank 0 decides (cache hit or not), trains with the
+    others, alone writes the entry, and the others load it after a barrier. Returns {"source":
+    checkpoint|cache|trained, "path", "seconds", "key", and train stats when trained}.
     """
     start = time.perf_counter()
     if cfg.ann.checkpoint:
@@ -291,13 +355,17 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
         stats = train_ann(model, train_loader, cfg.train, device, progress)
         return {"source": "trained", "path": None, "key": key, **stats, "seconds": time.perf_counter() - start}
     with cache_lock(path, progress):
-        if path.is_file():
+        if distributed.broadcast_object(path.is_file()):  # rank 0, holding the lock, decides for every rank
             load_state(model, path)
             if progress:
                 print(f"ANN loaded from cache {path}")
             return {"source": "cache", "path": str(path), "key": key, "seconds": time.perf_counter() - start}
         resume = resume_path(path)
         stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume)
-        atomic_save(model.state_dict(), path)
-        resume.unlink(missing_ok=True)
+        if distributed.is_main():
+            atomic_save(model.state_dict(), path)
+            resume.unlink(missing_ok=True)
+        distributed.barrier()
+        if not distributed.is_main():
+            load_state(model, path)  # what rank 0 wrote (the same weights it broadcast after training)
     return {"source": "trained", "path": str(path), "key": key, **stats, "seconds": time.perf_counter() - start}
