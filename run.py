@@ -4,11 +4,13 @@ Examples:
   python run.py                                              # digits, ResNet-20, QCFS L=4, baseline
   python run.py method=ftbc arch=vgg16 data=cifar100 'T=[1,2,4,8,16,32]'
   python run.py -m method=ftbc method.alpha=0.1,0.3,0.5
+  torchrun --nproc_per_node=4 run.py method=ftbc data=cifar100   # 4 ranks (README: "Many GPUs and clusters")
 A user error (bad value, missing data, checkpoint that does not fit) prints one line and exits with code 2.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
@@ -68,7 +70,28 @@ def main(cfg: DictConfig) -> float:
     return float(acc[max(acc, key=int)])  # for sweepers: accuracy at the largest T
 
 
+def _join_ranks() -> None:
+    """Ranks started by torchrun or srun join their process group BEFORE Hydra starts, so that they share rank
+    0's start time (one run directory: `${start_time:...}` in conf/config.yaml); ranks > 0 leave Hydra's own
+    files (.hydra/, the job log) to rank 0. One process: nothing happens (torch is not even imported here)."""
+    if not {"RANK", "SLURM_STEP_NUM_TASKS"} & set(os.environ):
+        return
+    from snnconv import distributed
+
+    try:
+        distributed.init()
+    except SnnconvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if distributed.rank() > 0:
+        for override in ("hydra.output_subdir=null", "hydra/job_logging=stdout"):
+            key = override.split("=")[0]
+            if not any(arg.lstrip("+~").startswith(key + "=") for arg in sys.argv[1:]):
+                sys.argv.append(override)
+
+
 if __name__ == "__main__":
+    _join_ranks()
     guard = sys.stderr = _StartupErrors(sys.stderr)
     try:
         main()

@@ -3,6 +3,11 @@
 data -> ANN (create, then load / train / cache) -> ReLU thresholds from calibration images -> convert ->
 method.calibrate (training-split batches) -> evaluate at every T from one simulation -> results.json / csv / png
 -> W&B. Returns the results dict (see `snnconv.report` for its keys).
+
+Many ranks (torchrun / SLURM, `snnconv.distributed`): every rank walks the same pipeline on its share of the
+work (training batches, calibration batches or slices of them, whole test batches), the counts are summed over
+ranks, and rank 0 alone writes the results files, W&B and the checkpoint cache; `results["distributed"]` records
+the world size and backend.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from snnconv import SnnconvError, __version__
+from snnconv import SnnconvError, __version__, distributed
 from snnconv.ann import act_layer, source_class
 from snnconv.data import build_loaders
 from snnconv.evaluate import evaluate
@@ -54,7 +59,8 @@ def seed_everything(seed: int) -> None:
 
 def calibration_batches(loaders, batches: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
     """The first `batches` batches of `batch_size` images from the (training-split) calibration subset ([] when
-    the method needs none). Refuses a request the subset cannot fill (it used to be cut silently to what was there)."""
+    the method needs none); with several ranks this rank's contiguous rows of each (FTBC sums its statistics over
+    the ranks' rows). Refuses a request the subset cannot fill (it used to be cut silently to what was there)."""
     if batches <= 0:
         return []
     available = len(loaders.calib.dataset)
@@ -63,20 +69,34 @@ def calibration_batches(loaders, batches: int, batch_size: int, device: torch.de
             f"method.batches={batches} x method.batch_size={batch_size} needs {batches * batch_size} calibration "
             f"images but the calibration subset holds {available}; raise data.calib_size or lower method.batches"
         )
+    if batches and batch_size < distributed.world_size():
+        raise SnnconvError(
+            f"method.batch_size={batch_size} is below the {distributed.world_size()} ranks that share each "
+            f"calibration batch; raise method.batch_size or use fewer ranks"
+        )
     loader = DataLoader(loaders.calib.dataset, batch_size=batch_size, shuffle=False)
-    return [x.to(device) for x, _ in itertools.islice(loader, batches)]
+    return [distributed.local_rows(x).to(device) for x, _ in itertools.islice(loader, batches)]
 
 
 def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`."""
     out_dir = Path(out_dir)
+    distributed.init()  # no-op in one process, or when run.py / an earlier run joined already
+    progress = progress and distributed.is_main()
     seed_everything(int(cfg.seed))
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
+    if cfg.train.sync_bn and distributed.is_distributed() and device.type != "cuda":
+        raise SnnconvError(
+            "train.sync_bn=true needs CUDA devices (torch's SyncBatchNorm refuses CPU tensors); "
+            "use train.sync_bn=false here"
+        )
+    distributed.check_global_batch(int(cfg.data.batch_size))
     T_list = sorted({int(t) for t in cfg.T})
     T_max = T_list[-1]
     timing: dict[str, float] = {}
 
-    loaders = build_loaders(cfg.data, seed=int(cfg.seed), device=device)
+    with distributed.main_first():  # rank 0 downloads / unpacks, then the others read its files
+        loaders = build_loaders(cfg.data, seed=int(cfg.seed), device=device)
     model = create_model(
         cfg.arch.name,
         act_layer=act_layer(cfg.ann),
@@ -92,12 +112,14 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     if cfg.arch.maxpool == "avg":
         replace_maxpool(model)
     model = model.to(device)
-    ann_info = load_or_train(cfg, model, loaders.train, device, progress)
+    train_loader = distributed.distributed_train_loader(loaders.train, int(cfg.seed))  # B / W images per rank
+    ann_info = load_or_train(cfg, model, train_loader, device, progress)
     timing["train"] = round(ann_info.pop("seconds"), 3)
     model.eval()
 
     start = time.perf_counter()
-    source_info = source_class(cfg.ann.name).calibrate(model, loaders.calib, cfg.ann, device)
+    calib = distributed.shard_batches(loaders.calib)  # this rank's whole batches of the calibration subset
+    source_info = source_class(cfg.ann.name).calibrate(model, calib, cfg.ann, device)
     example = next(iter(loaders.calib))[0][:1].to(device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
@@ -108,7 +130,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     timing["calibrate"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
-    ev = evaluate(snn, model, loaders.test, T_list, method, device, time_chunk, cfg.snn.eval_batches, progress)
+    test = distributed.shard_batches(loaders.test, cfg.snn.eval_batches)
+    ev = evaluate(snn, model, test, T_list, method, device, time_chunk, 0, progress)
     timing["evaluate"] = round(time.perf_counter() - start, 3)
 
     latency = {str(t): method.latency(t, n_spiking) for t in T_list}
@@ -121,6 +144,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         "images": ev["images"],
         "time_chunk": time_chunk,
         "device": str(device),
+        "distributed": {"world_size": distributed.world_size(), "backend": distributed.backend(device)},
         "env": {"snnconv": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -131,8 +155,10 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     results.update(sections)
     results["sections"] = list(sections)
 
-    write_local(out_dir, results)
-    log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)
+    if distributed.is_main():
+        write_local(out_dir, results)
+        log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)
+    distributed.barrier()  # the files exist when any rank returns
     if progress:
         print(format_table(results))
         print(f"results in {out_dir}")
