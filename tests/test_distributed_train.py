@@ -14,6 +14,7 @@ from dist_utils import run_ranks
 from snnconv import distributed
 from snnconv.ann import QCFS
 from snnconv.train import train_ann
+from test_train import DiesAfter, Killed
 
 RECIPE = dict(
     epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, label_smoothing=0.0, threshold_weight_decay=True,
@@ -40,27 +41,6 @@ def _loader() -> DataLoader:
     g = torch.Generator().manual_seed(3)
     data = TensorDataset(torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
     return DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))  # 3 steps
-
-
-class Killed(Exception):
-    pass
-
-
-class DiesAfter:
-    """This rank's training loader, killed after `n` batches (counted over epochs), like a SIGKILL mid-epoch."""
-
-    def __init__(self, loader, n: int):
-        self.loader, self.n, self.sampler, self.generator = loader, n, loader.sampler, loader.generator
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.n == 0:
-                raise Killed
-            self.n -= 1
-            yield batch
 
 
 def _train(bn: bool, checkpoint: str | None = None, dies_after: int = -1) -> dict:

@@ -48,10 +48,12 @@ class Killed(Exception):
 
 
 class DiesAfter:
-    """The training loader, killed after `n` batches (counted over epochs), like a SIGKILL mid-epoch."""
+    """The training loader, killed after `n` batches (counted over epochs), like a SIGKILL mid-epoch (its sampler
+    is passed through: train_ann calls a DistributedSampler's set_epoch)."""
 
     def __init__(self, loader, n: int):
         self.loader, self.n, self.generator = loader, n, loader.generator
+        self.sampler = getattr(loader, "sampler", None)
 
     def __len__(self):
         return len(self.loader)
