@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from snnconv.ann.base import NeuronSpec
+from snnconv.snn.surrogate import TrainingSpike, spike
 
 
 def if_step(v: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor):
@@ -75,6 +76,7 @@ class SimContext:
         self.chunk = 1
         self.total_steps = 0
         self.sim_id = 0
+        self.train: TrainingSpike | None = None  # set while fine-tuning: neurons take the differentiable path
 
 
 class IFNeuron(nn.Module):
@@ -124,16 +126,22 @@ class IFNeuron(nn.Module):
         offset = self.step_offset(t, current.dim())
         return current if offset is None else current + offset
 
-    def step(self, v: torch.Tensor, current: torch.Tensor, t: int, theta: torch.Tensor):
+    def step(self, v: torch.Tensor, current: torch.Tensor, t: int, theta: torch.Tensor, train: TrainingSpike | None = None):
         """One step from v(t-1) with the layer input `current` [B, ...]: (s, m, v_next) with
         m = (v + current) + step_offset(t), rounded exactly as the fused in-place simulation rounds it, so
-        calibration trajectories (FTBC, COS) are the deployed ones bit for bit."""
+        calibration trajectories (FTBC, COS) and fine-tuning (`train`) are the deployed ones bit for bit.
+
+        `train` (fine-tuning): s is the differentiable `spike` of snnconv.snn.surrogate (same value, local
+        gradient in the backward pass), and with `train.detach_reset` the reset theta * s carries no gradient."""
         m = v + current
         offset = self.step_offset(t, m.dim())
         if offset is not None:
             m.add_(offset)
-        s = (m >= theta).to(m.dtype)
-        return s, m, m - theta * s
+        if train is None:
+            s = (m >= theta).to(m.dtype)
+            return s, m, m - theta * s
+        s = spike(m, theta, train.rule, train.sparsity, self)
+        return s, m, m - theta * (s.detach() if train.detach_reset else s)
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """[k*B, ...] (sequence) or [B, ...] (static) -> [k, B, ...]."""
@@ -156,6 +164,8 @@ class IFNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.unfold(x)
+        if self.ctx.train is not None:
+            return self._forward_train(seq)
         if self.t == 0:
             self.v = self.initial_potential(seq).clone()  # owned: the fast path updates it in place
         theta = self.threshold_view(seq.dim() - 1)
@@ -181,6 +191,22 @@ class IFNeuron(nn.Module):
         self.v = v
         self.t += seq.shape[0]
         return out.view(-1, *seq.shape[2:])
+
+    def _forward_train(self, seq: torch.Tensor) -> torch.Tensor:
+        """Fine-tuning path: the same steps (`step`, same rounding) out of place, so autograd records them
+        through time; inference-time controllers are not applied (COS stays a test-time step)."""
+        if self.controller is not None:
+            raise RuntimeError("fine-tuning runs without neuron controllers; remove them first")
+        if self.t == 0:
+            self.v = self.initial_potential(seq)
+        theta = self.theta(seq.dim() - 1)
+        v, outs = self.v, []
+        for i in range(seq.shape[0]):
+            s, _, v = self.step(v, seq[i], self.t + i, theta, self.ctx.train)
+            outs.append(s * theta)
+        self.v = v
+        self.t += seq.shape[0]
+        return torch.stack(outs).view(-1, *seq.shape[2:])
 
     def extra_repr(self):
         th = self.threshold

@@ -7,10 +7,13 @@ across chunks; the result does not depend on `time_chunk` (tests/test_simulate.p
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
 from snnconv.snn.neuron import IFNeuron, SimContext
+from snnconv.snn.surrogate import TrainingSpike
 
 
 class StaticMemo(nn.Module):
@@ -46,6 +49,16 @@ class SpikingNetwork(nn.Module):
     def neurons(self) -> dict[str, IFNeuron]:
         """Spiking layers in definition order (= forward order for every model here)."""
         return {n: m for n, m in self.net.named_modules() if isinstance(m, IFNeuron)}
+
+    @contextlib.contextmanager
+    def differentiable(self, train: TrainingSpike):
+        """Inside the block every neuron takes the out-of-place differentiable path (`IFNeuron.step` with
+        `train`: the same values, a local gradient for the spike); the fused evaluation path is restored after."""
+        self.ctx.train = train
+        try:
+            yield self
+        finally:
+            self.ctx.train = None
 
     def reset(self) -> None:
         for m in self.net.modules():
