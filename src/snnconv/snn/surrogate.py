@@ -13,7 +13,7 @@ m / theta^2, from u = m/theta - 1). Rules, all of which integrate to 1 over u:
   NeurIPS 2023; official code BhaskarMukhoty/LocalZO ``models/layers.py::ZO``): the two-point zeroth-order
   estimate [H(u + delta z) - H(u - delta z)] / (2 delta) * z averaged over M = ``samples`` draws z_j, i.e.
 
-      g(u) = (1/M) sum_j |z_j| / (2 delta) * 1[|u| < delta |z_j|],
+      g(u) = (1/M) sum_j |z_j| / (2 delta) * 1[|u| < delta |z_j|]   (evaluated as |z_j| > |u| / delta),
 
   with fresh z per neuron, per time step and per sample from a unit-variance ``dist``: normal N(0, 1), uniform on
   [-sqrt 3, sqrt 3] or Laplace with scale 1/sqrt 2. g is exactly 0 wherever |u| >= delta * max_j |z_j|: most
@@ -88,18 +88,22 @@ class LocalZO(LocalGradient):
 
     def draw_abs(self, shape: tuple[int, ...], device, dtype=torch.float32) -> torch.Tensor:
         """|z| for `shape` i.i.d. draws of the unit-variance distribution (|z| is all the rule needs):
-        half-normal, uniform on [0, sqrt 3], or exponential with rate sqrt 2 (|Laplace(1/sqrt 2)|)."""
+        half-normal, uniform on [0, sqrt 3], or exponential with rate sqrt 2 (|Laplace(1/sqrt 2)|, drawn as
+        -log(1 - U) / sqrt 2: 5x faster on CPU than Tensor.exponential_)."""
         g = self.generator
         if self.dist == "normal":
             return torch.randn(shape, generator=g, device=device, dtype=dtype).abs_()
+        uniform = torch.rand(shape, generator=g, device=device, dtype=dtype)
         if self.dist == "uniform":
-            return torch.rand(shape, generator=g, device=device, dtype=dtype).mul_(SQRT3)
-        return torch.empty(shape, device=device, dtype=dtype).exponential_(SQRT2, generator=g)
+            return uniform.mul_(SQRT3)
+        return uniform.neg_().log1p_().div_(-SQRT2)
 
     def weights(self, u: torch.Tensor, z_abs: torch.Tensor) -> torch.Tensor:
-        """g(u) from given draws |z| [M, *u.shape]: mean_j |z_j| / (2 delta) * 1[|u| < delta |z_j|]."""
-        inside = u.abs().unsqueeze(0) < self.delta * z_abs
-        return (z_abs * inside).mean(0) / (2 * self.delta)
+        """g(u) from given draws |z| [M, *u.shape] (overwritten): mean_j |z_j| / (2 delta) * 1[|z_j| > |u|/delta]
+        (|u| < delta |z_j| written with one division per neuron instead of one product per draw)."""
+        a = u.abs() / self.delta
+        z_abs.masked_fill_(z_abs <= a, 0.0)
+        return z_abs.sum(0).div_(2 * self.delta * z_abs.shape[0])
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self.weights(u, self.draw_abs((self.samples, *u.shape), u.device, u.dtype))
