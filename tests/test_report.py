@@ -102,6 +102,7 @@ def test_write_local(tmp_path, results):
         "sops_per_image": "",
         "firing_rate": "",
         "energy_ratio": "",
+        "snn_acc_before_finetune": "",
     }
 
     png = paths["png"].read_bytes()
@@ -220,3 +221,24 @@ def test_log_wandb_offline_with_stats(tmp_path, stats_results, wandb_env):
     table = json.loads(table_file.read_text())
     assert table["columns"][:3] == ["layer_index", "layer", "T"] and len(table["data"]) == 3 * 3
     assert len(list(run_dir.glob("files/media/images/stats/*.png"))) == 2
+
+
+def test_finetune_section_adds_the_before_column_everywhere(tmp_path, results):
+    results["finetune"] = {
+        "name": "localzo", "T": 2, "epochs": 0.5, "seconds_per_epoch": 30.0, "ratio_to_ann_epoch": 6.5,
+        "before": {"1": 5.5, "2": 33.25, "4": 79.0}, "after": results["snn"]["acc"],
+        "backward_sparsity": {"total": 0.71, "layers": {"layer1.act1": 0.7}},
+    }
+    results["sections"] = [*results.get("sections", []), "finetune"]
+    lines = report.format_table(results).splitlines()
+    assert "before FT %" in lines[0]
+    row = next(line for line in lines[2:] if line.split("|")[0].strip() == "2")
+    assert "33.25" in row and "40.10" in row
+    assert "localzo at T=2, 0.5 epochs" in lines[-1] and "6.5 x an ANN epoch" in lines[-1] and "71.0 %" in lines[-1]
+    paths = report.write_local(tmp_path, results)
+    with paths["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["snn_acc_before_finetune"] for r in rows] == ["5.5", "33.25", "79.0"]
+    summary = report._summary(results)
+    assert summary["snn/snn_acc_before_finetune_T4"] == 79.0
+    assert summary["finetune/backward_sparsity/layers/layer1.act1"] == 0.7

@@ -11,6 +11,8 @@ leaf of a listed section reaches the W&B summary; no list of names here).
 With ``stats=true`` a ``stats`` section (``snnconv.stats``): its per-T totals become table / CSV / W&B columns
 (SOPs per image, network firing rate, energy ratio to the ANN), and two more plots are written:
 ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``.
+With a ``finetune`` section (``snnconv.finetune``; ``before`` / ``after``: ``{str(T): percent}``) the accuracy
+before fine-tuning is a table column, a CSV column, a second line in the accuracy plot and a W&B per-T metric.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from snnconv.utils import atomic_write
 
 CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method",
-               "sops_per_image", "firing_rate", "energy_ratio")
+               "sops_per_image", "firing_rate", "energy_ratio", "snn_acc_before_finetune")
 STATS_COLUMNS = ("sops_per_image", "firing_rate", "energy_ratio")
 
 
@@ -48,14 +50,15 @@ def stats_per_t(results: Mapping) -> dict[str, dict[str, Any]]:
 
 
 def _rows(results: Mapping) -> list[dict[str, Any]]:
-    """One dict per T (ascending): T, latency_steps, pipelined_latency_steps, snn_acc, agreement, and the
-    STATS_COLUMNS (None if absent)."""
+    """One dict per T (ascending): T, latency_steps, pipelined_latency_steps, snn_acc, agreement, the
+    STATS_COLUMNS and snn_acc_before_finetune (None if absent)."""
     snn = results.get("snn") or {}
     acc = _by_t(snn.get("acc"))
     agreement = _by_t(snn.get("agreement"))
     latency = _by_t(results.get("latency_steps"))
     pipelined = _by_t(results.get("pipelined_latency_steps"))
     stats = stats_per_t(results)
+    before = _by_t((results.get("finetune") or {}).get("before"))
     return [
         {
             "T": int(t),
@@ -64,6 +67,7 @@ def _rows(results: Mapping) -> list[dict[str, Any]]:
             "snn_acc": acc[t],
             "agreement": agreement.get(t),
             **{k: (stats.get(t) or {}).get(k) for k in STATS_COLUMNS},
+            "snn_acc_before_finetune": before.get(t),
         }
         for t in sorted(acc, key=int)
     ]
@@ -108,6 +112,8 @@ def format_table(results: Mapping) -> str:
     cols: list[tuple[str, str, str]] = [("T", "T", "d"), ("latency", "latency_steps", "d")]
     if results.get("pipelined_latency_steps"):
         cols.append(("pipelined", "pipelined_latency_steps", "d"))
+    if any(r["snn_acc_before_finetune"] is not None for r in rows):
+        cols.append(("before FT %", "snn_acc_before_finetune", ".2f"))
     cols.append(("SNN acc %", "snn_acc", ".2f"))
     if any(r["agreement"] is not None for r in rows):
         cols.append(("agreement %", "agreement", ".2f"))
@@ -122,6 +128,14 @@ def format_table(results: Mapping) -> str:
     lines.append(f"ANN acc %: {_fmt(_ann_acc(results))}" + (f"   (method: {method})" if method else ""))
     if energy_line(results):
         lines.append(energy_line(results))
+    ft = results.get("finetune")
+    if isinstance(ft, Mapping):
+        sparsity = (ft.get("backward_sparsity") or {}).get("total")
+        lines.append(
+            f"fine-tuned: {ft.get('name')} at T={ft.get('T')}, {ft.get('epochs')} epochs, "
+            f"{_fmt(ft.get('seconds_per_epoch'), '.1f')} s/epoch = {_fmt(ft.get('ratio_to_ann_epoch'), '.1f')} x an ANN "
+            f"epoch, backward sparsity {_fmt(None if sparsity is None else 100 * sparsity, '.1f')} %"
+        )
     return "\n".join(lines)
 
 
@@ -261,8 +275,14 @@ def _plot_png(results: Mapping) -> bytes:
             r["T"]: _fmt(r["latency_steps"], "d") + (f"/{_fmt(r['pipelined_latency_steps'], 'd')}" if pipelined else "")
             for r in rows
         }
+    series = {"SNN": {r["T"]: r["snn_acc"] for r in rows}}
+    if any(r["snn_acc_before_finetune"] is not None for r in rows):
+        series = {
+            "SNN before fine-tuning": {r["T"]: r["snn_acc_before_finetune"] for r in rows},
+            "SNN after fine-tuning": series["SNN"],
+        }
     return plot_accuracy(
-        {"SNN": {r["T"]: r["snn_acc"] for r in rows}},
+        series,
         _title(results),
         ann=_ann_acc(results),
         annotate=True,
@@ -321,7 +341,7 @@ def _summary(results: Mapping) -> dict[str, Any]:
     for r in _rows(results):
         t = r["T"]
         summary[f"snn/acc_T{t}"] = r["snn_acc"]
-        for key in ("agreement", "latency_steps", "pipelined_latency_steps", *STATS_COLUMNS):
+        for key in ("agreement", "latency_steps", "pipelined_latency_steps", *STATS_COLUMNS, "snn_acc_before_finetune"):
             if r[key] is not None:
                 summary[f"snn/{key}_T{t}"] = r[key]
     _flatten_numeric("timing_s", results.get("timing_s") or {}, summary)
@@ -339,7 +359,7 @@ def _log_run(run: Any, wandb: Any, results: Mapping, out: Path | None = None) ->
     rows = _rows(results)
     for r in rows:
         record = {"T": r["T"], "snn/acc": r["snn_acc"]}
-        for key in ("latency_steps", "pipelined_latency_steps", "agreement", *STATS_COLUMNS):
+        for key in ("latency_steps", "pipelined_latency_steps", "agreement", *STATS_COLUMNS, "snn_acc_before_finetune"):
             if r[key] is not None:
                 record[f"snn/{key}"] = r[key]
         run.log(record)
