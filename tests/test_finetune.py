@@ -124,3 +124,24 @@ def test_bad_options_are_refused_with_the_key(field, value, match):
     setattr(cfg, field, value)
     with pytest.raises(SnnconvError, match=match):
         cfg.check()
+
+
+def test_the_finetune_group_composes_typed_and_checked(compose_cfg):
+    """conf/finetune/*.yaml over the FinetuneConfig schema: defaults from the dataclass, unknown keys and wrong types
+    refused at composition, bad values by validate() before any work."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
+
+    from snnconv.config import validate
+
+    assert compose_cfg().finetune.name == "none"
+    cfg = compose_cfg("finetune=localzo", "finetune.T=2")
+    assert (cfg.finetune.name, cfg.finetune.T, cfg.finetune.samples, cfg.finetune.lr) == ("localzo", 2, 5, 1e-4)
+    validate(cfg)
+    assert compose_cfg("finetune=surrogate").finetune.surrogate == "gauss"
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg("finetune=localzo", "finetune.bogus=1")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg("finetune=localzo", "finetune.T=two")
+    with pytest.raises(SnnconvError, match="finetune.dist='cauchy'"):
+        validate(compose_cfg("finetune=localzo", "finetune.dist=cauchy"))

@@ -131,3 +131,34 @@ def test_calibration_request_larger_than_the_subset_is_refused(trained):
                                            r"data.calib_size=512; raise data.calib_size"):
         make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.batches=9", "method.batch_size=64", "data.calib_size=512")
     make_cfg(tmp, *SMALL, "T=[1,2]", "method=baseline", "data.calib_size=16")  # validates
+
+
+def test_finetune_runs_between_calibration_and_evaluation(trained):
+    """finetune=localzo on the cached ANN: the accuracy before fine-tuning is exactly the plain run's (the same
+    calibrated network on the same test images), the fine-tuned one is what the run reports, and the section,
+    timings, table and CSV carry both."""
+    tmp, _, first, _ = trained
+    cfg = make_cfg(tmp, *SMALL, "T=[1,2,4]", "finetune=localzo", "finetune.T=2", "finetune.epochs=0.1",
+                   "finetune.lr=1e-3", "finetune.ann_timing_batches=1")
+    res = run(cfg, tmp / "run_ft", progress=False)
+    ft = res["finetune"]
+    assert ft["before"] == {t: first["snn"]["acc"][t] for t in ("1", "2", "4")}
+    assert ft["after"] == res["snn"]["acc"] != ft["before"]
+    assert ft["steps"] == 3 and ft["T"] == 2 and "finetune" in res["sections"]
+    assert {"finetune", "evaluate_before_finetune"} <= set(res["timing_s"])
+    assert 0 < ft["backward_sparsity"]["total"] < 1 and len(ft["backward_sparsity"]["layers"]) == 19
+    rows = list(csv.DictReader((tmp / "run_ft" / "results.csv").open()))
+    assert [float(r["snn_acc_before_finetune"]) for r in rows] == list(ft["before"].values())
+
+
+def test_ftbc_biases_are_calibrated_for_a_longer_finetune_T_and_trained(trained):
+    """finetune.T = 4 > max(T) = 2: FTBC calibrates 4 steps (causal: the first 2 are those of a 2-step
+    calibration) and fine-tuning trains them."""
+    tmp, *_ = trained
+    cfg = make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.iterations=1", "method.batches=2",
+                   "finetune=surrogate", "finetune.T=4", "finetune.epochs=0.05", "finetune.eval_before=false",
+                   "finetune.ann_timing_batches=1")
+    res = run(cfg, tmp / "run_ft_ftbc", progress=False)
+    ft = res["finetune"]
+    assert ft["before"] is None and ft["T"] == 4 and ft["trained"]["ftbc_biases"] > 0
+    assert res["ftbc"]["steps"] == 4

@@ -3,7 +3,8 @@
 Every key a user can set is declared in a dataclass, so `data.bogus=1` or `T=4` fails when the config is composed
 (OmegaConf type checks), and `'T=[0]'` / `ann.L=0` fail in :func:`validate` before any work starts. The `method`
 group's schemas are not here: each method module owns its config dataclass (`snnconv.methods.registry`), stored as
-`method/<name>_schema` and listed first in `conf/method/<name>.yaml`. Choices come from the registries (models,
+`method/<name>_schema` and listed first in `conf/method/<name>.yaml`; likewise `snnconv.finetune.FinetuneConfig`
+for the `finetune` group (`finetune/finetune_schema`). Choices come from the registries (models,
 ANN sources, methods), never from a second list.
 """
 
@@ -102,6 +103,7 @@ class Config:
     arch: ArchConfig = field(default_factory=ArchConfig)
     ann: AnnConfig = field(default_factory=AnnConfig)
     method: Any = MISSING  # a method's own schema (method/<name>_schema), chosen in the defaults list
+    finetune: Any = MISSING  # snnconv.finetune.FinetuneConfig (finetune/finetune_schema): none | localzo | surrogate
     train: TrainConfig = field(default_factory=TrainConfig)
     snn: SnnConfig = field(default_factory=SnnConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -130,13 +132,15 @@ OmegaConf.register_new_resolver("start_time", _start_time, use_cache=True, repla
 
 
 def register_configs() -> None:
-    """Register the schemas so `conf/config.yaml` can list `config_schema` first in its defaults, and every
-    method's schema for the `method` group (importing the methods registers them)."""
+    """Register the schemas so `conf/config.yaml` can list `config_schema` first in its defaults, every
+    method's schema for the `method` group (importing the methods registers them) and the `finetune` group's."""
+    from snnconv.finetune import register_schema
     from snnconv.methods import load_plugins
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     load_plugins()
+    register_schema()
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -213,3 +217,7 @@ def validate(cfg: DictConfig) -> None:
             f"{batches * batch_size} training images but data.calib_size={cfg.data.calib_size}; raise "
             "data.calib_size or lower method.batches / method.batch_size"
         )
+    if "finetune" in cfg:
+        from snnconv.finetune import finetune_config
+
+        finetune_config(cfg.finetune)  # FinetuneConfig.check

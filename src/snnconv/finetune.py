@@ -30,10 +30,11 @@ LocalZO's, measured, not exploited: dense kernels cost the same either way).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -45,6 +46,7 @@ from snnconv import SnnconvError
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.surrogate import DISTRIBUTIONS, SHAPES, BackwardSparsity, LocalZO, Surrogate, TrainingSpike
+from snnconv.utils import eval_mode
 
 NAMES = ("none", "localzo", "surrogate")
 CHOICES = {
@@ -108,6 +110,24 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise SnnconvError(message)
+
+
+def finetune_config(cfg: Any) -> FinetuneConfig:
+    """A checked FinetuneConfig from an instance, a DictConfig / mapping (the composed ``finetune`` node) or None."""
+    if not isinstance(cfg, FinetuneConfig):
+        fields = [f.name for f in dataclasses.fields(FinetuneConfig)]
+        given = {} if cfg is None else {k: cfg[k] for k in fields if k in cfg}
+        cfg = FinetuneConfig(**given)
+    cfg.check()
+    return cfg
+
+
+def register_schema() -> None:
+    """Store FinetuneConfig as ``finetune/finetune_schema`` in Hydra's ConfigStore (listed first in the
+    defaults of conf/finetune/*.yaml, so this dataclass is the only copy of the defaults and types)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="finetune", name="finetune_schema", node=FinetuneConfig)
 
 
 def local_gradient(cfg, generator: torch.Generator | None):
@@ -230,10 +250,13 @@ def finetune(
     ratio. Neuron controllers (COS) are removed; evaluation re-attaches them. Returns the results.json section
     (without the accuracies, which the runner adds). Raises SnnconvError when FTBC biases are shorter than cfg.T
     or the loss diverges."""
+    cfg = finetune_config(cfg)
+    if cfg.name == "none":
+        raise SnnconvError("finetune.name=none: nothing to fine-tune; choose finetune=localzo or finetune=surrogate")
     T = int(cfg.T)
     _check_bias_steps(snn, T)
     for neuron in snn.neurons().values():
-        neuron.controller = None
+        neuron.controllers = ()
     gen = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(train_set, batch_size=int(cfg.batch_size), shuffle=True, generator=gen, drop_last=False)
     per_epoch = len(loader)
@@ -252,10 +275,8 @@ def finetune(
     step_times: list[float] = []
     start = time.perf_counter()
     step = 0
-    saved_modes = [(m, m.training) for m in snn.modules()]
-    snn.eval()
     try:
-        with snn.differentiable(train):
+        with eval_mode(snn), snn.differentiable(train):
             bar = progress_bar(range(total), desc=f"finetune T={T}", disable=not progress, leave=False)
             data = iter(())
             loss_sum, seen = 0.0, 0
@@ -290,8 +311,6 @@ def finetune(
         for t in biases + thresholds:
             t.requires_grad_(False)  # back to plain buffers (parameters stay parameters)
             t.grad = None
-        for m, mode in saved_modes:
-            m.training = mode
     seconds = time.perf_counter() - start
     epochs_done = total / per_epoch
     snn_step = sorted(step_times[1:] or step_times)[len(step_times[1:] or step_times) // 2]

@@ -1,13 +1,15 @@
 """`run(cfg, out_dir)`: the whole pipeline for one composed config, top to bottom.
 
 data -> ANN (create, then load / train / cache) -> ReLU thresholds from calibration images -> convert ->
-method.calibrate (training-split batches) -> evaluate at every T from one simulation -> results.json / csv / png
--> W&B. Returns the results dict (see `snnconv.report` for its keys).
+method.calibrate (training-split batches) -> [finetune through time on the training split, evaluated before too]
+-> evaluate at every T from one simulation -> results.json / csv / png -> W&B. Returns the results dict (see
+`snnconv.report` for its keys).
 
 Many ranks (torchrun / SLURM, `snnconv.distributed`): every rank walks the same pipeline on its share of the
 work (training batches, calibration batches or slices of them, whole test batches), the counts are summed over
 ranks, and rank 0 alone writes the results files, W&B and the checkpoint cache; `results["distributed"]` records
-the world size and backend.
+the world size and backend. Fine-tuning has no data parallelism yet: every rank runs the same (seeded) fine-tuning
+and rank 0's weights are broadcast, so all ranks evaluate one network.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from snnconv import SnnconvError, __version__, distributed
 from snnconv.ann import act_layer, source_class
 from snnconv.data import build_loaders
 from snnconv.evaluate import evaluate
+from snnconv.finetune import finetune
 from snnconv.methods import build_method
 from snnconv.models import create_model, replace_maxpool
 from snnconv.report import format_table, log_wandb, write_local
@@ -126,11 +129,24 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     method = build_method(cfg.method)
     time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)
     batches = calibration_batches(loaders, *method.calibration_images(), device)
-    method.calibrate(snn, model, batches, T_max, time_chunk)
+    tuning = cfg.finetune.name != "none"
+    # causal calibrations (FTBC's biases) cover the fine-tuning steps too when finetune.T > max(T)
+    method.calibrate(snn, model, batches, max(T_max, int(cfg.finetune.T)) if tuning else T_max, time_chunk)
     timing["calibrate"] = round(time.perf_counter() - start, 3)
 
-    start = time.perf_counter()
     test = distributed.shard_batches(loaders.test, cfg.snn.eval_batches)
+    tuned, before = None, None
+    if tuning:
+        if cfg.finetune.eval_before:  # a fresh method instance: COS diagnostics describe the final run only
+            start = time.perf_counter()
+            before = evaluate(snn, model, test, T_list, build_method(cfg.method), device, time_chunk, 0, progress)
+            timing["evaluate_before_finetune"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        tuned = finetune(snn, model, loaders.train.dataset, cfg.finetune, time_chunk, device, int(cfg.seed), progress)
+        distributed.broadcast_module(snn)
+        timing["finetune"] = round(time.perf_counter() - start, 3)
+
+    start = time.perf_counter()
     ev = evaluate(snn, model, test, T_list, method, device, time_chunk, 0, progress)
     timing["evaluate"] = round(time.perf_counter() - start, 3)
 
@@ -152,6 +168,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
     results["ann"].update(source_info or {})
     sections = {key: diag for key, diag in method.result_sections().items() if diag}
+    if tuned is not None:
+        sections["finetune"] = {**tuned, "before": before["acc"] if before else None, "after": ev["acc"]}
     results.update(sections)
     results["sections"] = list(sections)
 

@@ -17,6 +17,10 @@ Hooks (the neuron exposes them, the algorithms live in `snnconv.methods`): a neu
   on_step(neuron, t, current, v_prev, m, s) -> (m, s)                   (may change m and re-fire, e.g. FTBC;
                                                                         chained in tuple order)
 A neuron none of whose controllers overrides `on_step` runs the fused in-place step.
+
+Fine-tuning (`snnconv.finetune`): while `SimContext.train` is set (`SpikingNetwork.differentiable`), every neuron
+runs `step` out of place with the differentiable spike of `snnconv.snn.surrogate`: the same values (tested bit
+for bit), a local gradient in the backward pass, no controllers.
 """
 
 from __future__ import annotations
@@ -195,11 +199,11 @@ class IFNeuron(nn.Module):
     def _forward_train(self, seq: torch.Tensor) -> torch.Tensor:
         """Fine-tuning path: the same steps (`step`, same rounding) out of place, so autograd records them
         through time; inference-time controllers are not applied (COS stays a test-time step)."""
-        if self.controller is not None:
+        if self.controllers:
             raise RuntimeError("fine-tuning runs without neuron controllers; remove them first")
         if self.t == 0:
             self.v = self.initial_potential(seq)
-        theta = self.theta(seq.dim() - 1)
+        theta = self.threshold_view(seq.dim() - 1)
         v, outs = self.v, []
         for i in range(seq.shape[0]):
             s, _, v = self.step(v, seq[i], self.t + i, theta, self.ctx.train)
