@@ -239,3 +239,27 @@ def test_an_uncountable_graph_is_refused_naming_the_fix():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), act(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3), act()).eval()
     with pytest.raises(SnnconvError, match="stats=false"):
         build_plan(net, torch.zeros(1, 1, 12, 12))
+
+
+def test_totals_of_two_shards_add_up_to_one_run():
+    """What `distributed.sum_over_ranks` does with the ranks' `totals()`: two halves of a batch, counted apart
+    and added key by key, give the one-process summary."""
+    from snnconv.distributed import _add_into, _cpu
+
+    ann = random_ann("vgg16")
+    x = images(6, 13)
+    snn, plan = convert(ann, x[:1]), build_plan(ann, x[:1])
+    whole, _ = count(ann, x, [2, 5], snn, plan)
+    total: dict = {}
+    for half in (x[:3], x[3:]):
+        counter = SpikeCounter(plan)
+        with counter.attached(snn, ann), torch.no_grad():
+            ann(half)
+            counter.begin([2, 5], 3)
+            snn(half, 5, 1)
+        _add_into(total, _cpu(counter.totals()))
+    merged = counter.summary(totals=total)
+    for a, b in zip(whole["per_layer"], merged["per_layer"]):
+        assert a["spikes"] == b["spikes"] and a["sops"] == b["sops"] and a["psi_zero_share"] == b["psi_zero_share"]
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+    assert merged["total_sops"] == whole["total_sops"] and merged["images"] == {"2": 6, "5": 6}

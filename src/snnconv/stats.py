@@ -369,21 +369,11 @@ def build_plan(ann: nn.Module, example: torch.Tensor) -> Plan:
 # Counting during evaluation
 
 
-class _LayerCounts:
-    """Running sums (device tensors, float64) over images, per T read."""
+_COUNT_KEYS = ("spikes", "sops", "sq_err", "psi_zero", "presim_spikes", "presim_sops", "bias_steps")
 
-    def __init__(self):
-        self.spikes: dict[int, torch.Tensor] = {}
-        self.sops: dict[int, dict[str, torch.Tensor]] = {}
-        self.sq_err: dict[int, torch.Tensor] = {}
-        self.psi_zero: dict[int, torch.Tensor] = {}
-        self.presim_spikes: dict[int, torch.Tensor] = {}
-        self.presim_sops: dict[int, torch.Tensor] = {}
-        self.bias_steps: dict[int, int] = {}  # FTBC: images x T with a per-step bias
 
-    @staticmethod
-    def add(store: dict, T: int, value) -> None:
-        store[T] = store[T] + value if T in store else value
+def _add(store: dict, key, value) -> None:
+    store[key] = store[key] + value if key in store else value
 
 
 def _presim_controllers(neuron: IFNeuron) -> list:
@@ -404,7 +394,9 @@ class SpikeCounter:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.layers = {name: _LayerCounts() for name in plan.layers}
+        # running sums over images per T (device tensors): layer -> key -> T -> value (sops: T -> target -> value);
+        # bias_steps = images x T simulated with a per-step bias (FTBC)
+        self.layers: dict[str, dict[str, dict]] = {name: {k: {} for k in _COUNT_KEYS} for name in plan.layers}
         self.images: dict[int, int] = {}
         self._read: set[int] = set()
         self._group: list[int] = []
@@ -463,10 +455,10 @@ class SpikeCounter:
             if ctrls:
                 c = ctrls[0]
                 self._presim[name] = (int(c.presim_window), int(c.presim_passes))
-                c.presim_spikes = None  # reset the controller's running count
+                c["presim_spikes"] = None  # reset the controller's running count
             if neuron.bias.numel():
                 for T in self._group:
-                    _LayerCounts.add(self.layers[name].bias_steps, T, batch * T)
+                    _add(self.layers[name]["bias_steps"], T, batch * T)
         self._presim_seen.update(self._presim)
         rho = {r for r, _ in self._presim.values()}
         if len(rho) > 1:
@@ -503,12 +495,12 @@ class SpikeCounter:
 
     def _take_presim(self, name: str, neuron: IFNeuron) -> None:
         c = _presim_controllers(neuron)[0]
-        n = c.presim_spikes
+        n = c["presim_spikes"]
         if n is None:
             return
         for T in self._group:
-            _LayerCounts.add(self.layers[name].presim_spikes, T, n.double())
-        c.presim_spikes = None
+            _add(self.layers[name]["presim_spikes"], T, n.double())
+        c["presim_spikes"] = None
 
     def _scratch(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two reused buffers of `like`'s shape: fresh large tensors per snapshot cost more than the arithmetic
@@ -528,26 +520,26 @@ class SpikeCounter:
         n = torch.div(acc, theta, out=n_buf).round_()  # [B, ...] binary spike counts
         per_neuron = n.sum(0).double()  # [C, H, W], exact: B * T < 2^24
         if T in self._group:
-            _LayerCounts.add(counts.spikes, T, per_neuron.sum())
-            sops = counts.sops.setdefault(T, {})
+            _add(counts["spikes"], T, per_neuron.sum())
+            sops = counts["sops"].setdefault(T, {})
             for r in layer.routes:
-                _LayerCounts.add(sops, r.target, torch.dot(per_neuron.view(-1), r.fanout.view(-1)))
+                _add(sops, r.target, torch.dot(per_neuron.view(-1), r.fanout.view(-1)))
             ann = self._ann.get(name)
             if ann is not None and ann[0].shape == n.shape:
                 neg_a, unit = ann
                 d = torch.addcmul(neg_a, n, theta / T, out=f_buf).view(-1)  # theta * n / T - a
-                _LayerCounts.add(counts.sq_err, T, torch.dot(d, d).double())
+                _add(counts["sq_err"], T, torch.dot(d, d).double())
                 # psi = 0  <=>  n == floor(T * clamp(a / theta, 0, 1) + 1/2)  <=>  e = n - T * unit in (-1/2, 1/2]
                 # <=>  ceil(e - 1/2) == 0
                 e = torch.add(n, unit, alpha=-T, out=f_buf).sub_(0.5).ceil_()
-                _LayerCounts.add(counts.psi_zero, T, e.numel() - torch.count_nonzero(e))
+                _add(counts["psi_zero"], T, e.numel() - torch.count_nonzero(e))
         if T == self._presim_rho:
             for r in layer.routes:
                 rho, passes = self._presim.get(r.target, (0, 0))
                 if passes and rho == T:
                     extra = passes * torch.dot(per_neuron.view(-1), r.fanout.view(-1))
                     for t in self._group:
-                        _LayerCounts.add(counts.presim_sops, t, extra)
+                        _add(counts["presim_sops"], t, extra)
 
     def reduce_over_ranks(self) -> None:
         """Several ranks (snnconv.distributed; `evaluate` calls this on every rank after its shard): replace this
@@ -568,18 +560,26 @@ class SpikeCounter:
         self._reduced = True
 
     # ------------------------------------------------------------------------------------------------------
-    def summary(self, preset: str = "fp32-45nm") -> dict:
-        """The results.json `stats` section: per-image numbers per T (str keys), conventions stated."""
+    def totals(self) -> dict:
+        """The raw sums {"images": {T: n}, "layers": {name: {key: {T: value}}}}: a tree of numbers and tensors to
+        add over ranks (`snnconv.distributed.sum_over_ranks`) before `summary(totals=...)`."""
+        return {"images": dict(self.images), "layers": self.layers}
+
+    def summary(self, preset: str = "fp32-45nm", totals: dict | None = None) -> dict:
+        """The results.json `stats` section from `totals` (default: this process's `totals()`): per-image numbers
+        per T (str keys), conventions stated."""
         if preset not in ENERGY_PRESETS:
             raise SnnconvError(f"energy preset {preset!r} is not one of {', '.join(ENERGY_PRESETS)}")
         plan = self.plan
-        Ts = sorted(self.images)
+        totals = totals or self.totals()
+        images, counts_of = totals["images"], totals["layers"]
+        Ts = sorted(images)
         n_total = sum(layer.neurons for layer in plan.layers.values())
         per_layer = []
         tot = {k: dict.fromkeys(Ts, 0.0) for k in ("spikes", "sops", "presim_spikes", "presim_sops", "bias", "upd",
                                                    "sq_err", "psi_zero")}
         for name, layer in plan.layers.items():
-            c = self.layers[name]
+            c = {k: counts_of.get(name, {}).get(k, {}) for k in _COUNT_KEYS}
             rho, passes = self._presim_seen.get(name, (0, 0))
             rec = {"name": name, "neurons": layer.neurons, "fanout_mode": layer.fanout_mode,
                    "spikes": {}, "firing_rate": {}, "sops": {}, "sops_by_target": {}, "bias_acs": {},
@@ -587,11 +587,11 @@ class SpikeCounter:
             if passes:
                 rec.update({"presim_spikes": {}, "presim_sops": {}})
             for T in Ts:
-                imgs = self.images[T]
-                spikes = float(c.spikes.get(T, 0.0)) / imgs
-                by_target = {k: float(v) / imgs for k, v in c.sops.get(T, {}).items()}
+                imgs = images[T]
+                spikes = float(c["spikes"].get(T, 0.0)) / imgs
+                by_target = {k: float(v) / imgs for k, v in c["sops"].get(T, {}).items()}
                 sops = sum(by_target.values())
-                bias = (layer.neurons * T if layer.input_bias else 0) + layer.neurons * c.bias_steps.get(T, 0) / imgs
+                bias = (layer.neurons * T if layer.input_bias else 0) + layer.neurons * c["bias_steps"].get(T, 0) / imgs
                 upd = layer.neurons * (T + rho * passes)
                 rec["spikes"][str(T)] = round(spikes, 4)
                 rec["firing_rate"][str(T)] = round(spikes / (layer.neurons * T), 6)
@@ -599,13 +599,13 @@ class SpikeCounter:
                 rec["sops_by_target"][str(T)] = {k: round(v, 2) for k, v in by_target.items()}
                 rec["bias_acs"][str(T)] = round(bias, 2)
                 rec["neuron_updates"][str(T)] = upd
-                if T in c.sq_err:
-                    rec["mse"][str(T)] = float(c.sq_err[T]) / (imgs * layer.neurons)
-                    rec["psi_zero_share"][str(T)] = round(100.0 * float(c.psi_zero[T]) / (imgs * layer.neurons), 4)
-                    tot["sq_err"][T] += float(c.sq_err[T])
-                    tot["psi_zero"][T] += float(c.psi_zero[T])
-                ps = float(c.presim_spikes.get(T, 0.0)) / imgs
-                psops = float(c.presim_sops.get(T, 0.0)) / imgs
+                if T in c["sq_err"]:
+                    rec["mse"][str(T)] = float(c["sq_err"][T]) / (imgs * layer.neurons)
+                    rec["psi_zero_share"][str(T)] = round(100.0 * float(c["psi_zero"][T]) / (imgs * layer.neurons), 4)
+                    tot["sq_err"][T] += float(c["sq_err"][T])
+                    tot["psi_zero"][T] += float(c["psi_zero"][T])
+                ps = float(c["presim_spikes"].get(T, 0.0)) / imgs
+                psops = float(c["presim_sops"].get(T, 0.0)) / imgs
                 if passes:
                     rec["presim_spikes"][str(T)] = round(ps, 4)
                     rec["presim_sops"][str(T)] = round(psops, 2)
@@ -632,7 +632,7 @@ class SpikeCounter:
             return res
 
         section = {
-            "images": {str(T): self.images[T] for T in Ts},
+            "images": {str(T): images[T] for T in Ts},
             "per_layer": per_layer,
             "neurons": n_total,
             "mac_first": plan.mac_first,
@@ -655,7 +655,7 @@ class SpikeCounter:
             section["presim_sops"] = {str(T): round(tot["presim_sops"][T], 1) for T in Ts}
         if any(tot["sq_err"][T] for T in Ts) or any(tot["psi_zero"][T] for T in Ts):
             section["conversion_error"] = {
-                "mse": {str(T): tot["sq_err"][T] / (self.images[T] * n_total) for T in Ts},
-                "psi_zero_share": {str(T): round(100.0 * tot["psi_zero"][T] / (self.images[T] * n_total), 4) for T in Ts},
+                "mse": {str(T): tot["sq_err"][T] / (images[T] * n_total) for T in Ts},
+                "psi_zero_share": {str(T): round(100.0 * tot["psi_zero"][T] / (images[T] * n_total), 4) for T in Ts},
             }
         return section
