@@ -70,12 +70,13 @@ def layer(summary, name):
 
 def test_tiny_plan_fanouts_are_the_hand_counted_ones():
     plan = build_plan(Tiny().eval(), X_TINY)
-    f0 = plan.layers["act0"].routes[0].fanout  # [2, 4, 4]: windows of a 3x3 pad-1 conv x 3 output channels
-    windows = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=torch.float64)
+    f0 = plan.layers["act0"].routes[0].full((2, 4, 4))  # windows of a 3x3 pad-1 conv x 3 output channels
+    windows = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=torch.float32)
     assert torch.equal(f0, (3 * windows).expand(2, 4, 4))
-    f1 = plan.layers["act1"].routes[0].fanout  # pooled 2x2 map, 3x3 pad 1: every cell reaches all 4 outputs
-    assert torch.equal(f1, torch.full((3, 4, 4), 16.0, dtype=torch.float64))
-    assert torch.equal(plan.layers["act2"].routes[0].fanout, torch.full((4, 2, 2), 5.0, dtype=torch.float64))
+    assert plan.layers["act0"].routes[0].fanout.shape == (1, 4, 4)  # stored once for all channels
+    f1 = plan.layers["act1"].routes[0].full((3, 4, 4))  # pooled 2x2 map, 3x3 pad 1: every cell reaches all 4 outputs
+    assert torch.equal(f1, torch.full((3, 4, 4), 16.0))
+    assert torch.equal(plan.layers["act2"].routes[0].full((4, 2, 2)), torch.full((4, 2, 2), 5.0))
     assert [r.target for r in plan.layers["act2"].routes] == ["output"]
     assert plan.mac_first == 2 * 16 and plan.mac_ann == 32 + 3 * 16 * 2 * 9 + 4 * 4 * 3 * 9 + 16 * 5
     assert plan.layers["act0"].static_input and not plan.layers["act0"].input_bias
@@ -137,7 +138,8 @@ def test_exact_rule_equals_conv_with_ones_on_random_binary_maps(spec, pool):
         pooled = F.avg_pool2d(S, pool, divisor_override=1) if pool else S  # avgpool as a sum
         ones = torch.ones(c_out, c_in // g, k, k, dtype=torch.float64)
         reference = F.conv2d(pooled, ones, None, s, p, d, g).sum()  # SpikingJelly's SynOpCounter rule
-        assert (S.sum(0) * route.fanout).sum() == reference
+        assert route.sops(S.sum(0)) == reference
+        assert (S.sum(0) * route.full(S.shape[1:])).sum() == reference
 
 
 def test_exact_rule_is_nnz_times_fanout_away_from_borders_and_strides():
@@ -146,10 +148,10 @@ def test_exact_rule_is_nnz_times_fanout_away_from_borders_and_strides():
         plan = build_plan(_one_layer(0, conv, 4, 10), torch.zeros(1, 1, 10, 10))
         S = torch.zeros(4, 10, 10, dtype=torch.float64)
         S[:, p:10 - p, p:10 - p] = (torch.rand(4, 10 - 2 * p, 10 - 2 * p, generator=torch.Generator().manual_seed(k)) < 0.4).double()
-        assert (S * plan.layers["1"].routes[0].fanout).sum() == S.sum() * 6 * k * k  # Norse's formula
+        assert plan.layers["1"].routes[0].sops(S) == S.sum() * 6 * k * k  # Norse's formula
     # and a linear layer is always nnz x out
     plan = build_plan(nn.Sequential(nn.Linear(7, 9), act(), nn.Linear(9, 4), act()).eval(), torch.zeros(1, 7))
-    assert torch.equal(plan.layers["1"].routes[0].fanout, torch.full((9,), 4.0, dtype=torch.float64))
+    assert torch.equal(plan.layers["1"].routes[0].full((9,)), torch.full((9,), 4.0))
 
 
 def _binary_spikes(snn, x, T):

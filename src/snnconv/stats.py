@@ -103,12 +103,26 @@ class _Tracer(fx.Tracer):
 @dataclass
 class Route:
     """One way a spiking layer's spikes reach a consumer: `target` (a spiking layer's name or "output") gets
-    `fanout` [per-image shape] synaptic accumulations per spike of each neuron. `mode` says how (e.g.
-    "avgpool2/s2>conv3x3/s1/p1")."""
+    `fanout` synaptic accumulations per spike of each neuron. `mode` says how (e.g. "avgpool2/s2>conv3x3/s1/p1").
+    fanout is stored compressed: [] when equal for every neuron (linear layers), [1, H, W] when equal across
+    channels (ungrouped convolutions), else the per-image shape; float32, integer-valued (< 2^24, exact)."""
 
     target: str
     mode: str
-    fanout: torch.Tensor  # float64, integer-valued
+    fanout: torch.Tensor
+
+    def full(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The fan-out of every neuron, [per-image shape]."""
+        return self.fanout.expand(shape)
+
+    def sops(self, per_neuron: torch.Tensor) -> torch.Tensor:
+        """Synaptic operations triggered by per-neuron spike counts [per-image shape] (float64): a 0-d float64."""
+        f = self.fanout
+        if f.dim() == 0:
+            return per_neuron.sum() * f.double()
+        if f.shape[0] == 1 and per_neuron.shape[0] != 1:
+            per_neuron = per_neuron.sum(0, keepdim=True)
+        return torch.dot(per_neuron.reshape(-1), f.reshape(-1).double())
 
 
 @dataclass
@@ -268,8 +282,9 @@ def _downstream_target(gm: fx.GraphModule, start: fx.Node) -> tuple[str, bool]:
 
 
 def _fanout(gm: fx.GraphModule, shape: tuple[int, ...], path: list[fx.Node], terminal: fx.Node | None) -> torch.Tensor:
-    """d/dS sum(terminal_ones(path_ones(S))) at S = 0 for S of `shape` (per image): the fan-out per neuron."""
-    x = torch.zeros((1, *shape), dtype=torch.float64, requires_grad=True)
+    """d/dS sum(terminal_ones(path_ones(S))) at S = 0 for S of `shape` (per image): the fan-out per neuron,
+    compressed as `Route` describes. float32 is exact here: every partial sum is an integer below 2^24."""
+    x = torch.zeros((1, *shape), requires_grad=True)
     y = x
     with torch.enable_grad():
         for node in path:
@@ -277,7 +292,14 @@ def _fanout(gm: fx.GraphModule, shape: tuple[int, ...], path: list[fx.Node], ter
         if terminal is not None:
             y = _ones_op(terminal, _module(gm, terminal), y)
         y.sum().backward()
-    return x.grad[0].detach()
+    f = x.grad[0].detach()
+    if f.max() >= 2**24:
+        raise SnnconvError(f"stats: a fan-out of {f.max():.0f} synapses per neuron exceeds exact float32; set stats=false")
+    if bool((f == f.reshape(-1)[0]).all()):
+        return f.reshape(-1)[0].clone()
+    if f.dim() == 3 and bool((f == f[:1]).all()):
+        return f[:1].clone()
+    return f
 
 
 @torch.no_grad()
@@ -523,7 +545,7 @@ class SpikeCounter:
             _add(counts["spikes"], T, per_neuron.sum())
             sops = counts["sops"].setdefault(T, {})
             for r in layer.routes:
-                _add(sops, r.target, torch.dot(per_neuron.view(-1), r.fanout.view(-1)))
+                _add(sops, r.target, r.sops(per_neuron))
             ann = self._ann.get(name)
             if ann is not None and ann[0].shape == n.shape:
                 neg_a, unit = ann
@@ -537,7 +559,7 @@ class SpikeCounter:
             for r in layer.routes:
                 rho, passes = self._presim.get(r.target, (0, 0))
                 if passes and rho == T:
-                    extra = passes * torch.dot(per_neuron.view(-1), r.fanout.view(-1))
+                    extra = passes * r.sops(per_neuron)
                     for t in self._group:
                         _add(counts["presim_sops"], t, extra)
 
