@@ -57,6 +57,13 @@ def test_results_files_are_complete(trained):
     assert [int(r["T"]) for r in rows] == [1, 2, 4, 8, 16, 32, 64]
     assert float(rows[-1]["snn_acc"]) == saved["snn"]["acc"]["64"]
     assert (out / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = saved["stats"]  # stats=true by default: read from the same T_max simulation
+    assert list(stats["total_sops"]) == list(saved["snn"]["acc"]) and len(stats["per_layer"]) == 19
+    assert 0 < stats["total_sops"]["1"] < stats["total_sops"]["64"] and stats["images"]["64"] == 360
+    assert float(rows[-1]["sops_per_image"]) == stats["total_sops"]["64"]
+    assert float(rows[0]["energy_ratio"]) == stats["energy_pj"]["1"]["ratio"]
+    for png in ("firing_rate_per_layer.png", "accuracy_vs_sops.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_offline_wandb_run_file_is_written(trained):

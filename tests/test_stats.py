@@ -265,3 +265,84 @@ def test_totals_of_two_shards_add_up_to_one_run():
         assert a["spikes"] == b["spikes"] and a["sops"] == b["sops"] and a["psi_zero_share"] == b["psi_zero_share"]
         assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
     assert merged["total_sops"] == whole["total_sops"] and merged["images"] == {"2": 6, "5": 6}
+
+
+def _method(name, **overrides):
+    from types import SimpleNamespace
+
+    from snnconv.methods import build_method
+
+    cfg = dict(name=name, alpha=0.5, iterations=1, update="residual", rho=3, passes=1, eps=0.001, batches=1,
+               batch_size=4)
+    return build_method(SimpleNamespace(**{**cfg, **overrides}))
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_cos_presimulation_work_is_counted(passes):
+    """Pre-simulation spikes = those of a plain IF neuron from v0 on the layer's first rho inputs (pass 1, an
+    independent reference); re-delivery SOPs = passes x the SOPs of steps < rho into spiking layers; neuron
+    updates include rho * passes steps."""
+    ann = random_ann("vgg16")
+    x = images(4, 21)
+    rho, T_list = 3, [1, 3, 5]
+    snn, plan = convert(ann, x[:1]), build_plan(ann, x[:1])
+    method = _method("offset_spike", rho=rho, passes=passes)
+    method.attach(snn)
+    inputs = {}
+
+    def first_inputs(mod, args, name):  # the first chunk's layer input [rho, B, ...]; returns None (input unchanged)
+        if name not in inputs:
+            inputs[name] = mod.unfold(args[0])[:rho].clone()
+
+    hooks = [n.register_forward_pre_hook(functools.partial(first_inputs, name=name)) for name, n in snn.neurons().items()]
+    counter = SpikeCounter(plan)
+    with counter.attached(snn, ann), torch.no_grad():
+        ann(x)
+        counter.begin(T_list, 4)
+        snn(x, method.sim_steps(5), 1, first_chunk=method.first_chunk)
+    for h in hooks:
+        h.remove()
+    summary = counter.summary()
+    assert summary["conventions"]["presim_counted"] is True
+    total = 0.0
+    for rec in summary["per_layer"]:
+        neuron = snn.neurons()[rec["name"]]
+        spiking_targets = sum(v for k, v in rec["sops_by_target"][str(rho)].items() if k != "output")
+        for T in T_list:
+            assert rec["neuron_updates"][str(T)] == rec["neurons"] * (T + rho * passes)
+            assert rec["presim_sops"][str(T)] == pytest.approx(passes * spiking_targets, abs=0.01)
+        if passes == 1:
+            seq = inputs[rec["name"]]
+            theta = neuron.threshold_view(seq.dim() - 1)
+            v = (neuron.v0_frac * theta).expand_as(seq[0]).clone()
+            n = 0.0
+            for t in range(rho):
+                s, _, v = neuron.step(v, seq[t], t, theta)
+                n += float(s.sum())
+            assert rec["presim_spikes"]["5"] == pytest.approx(n / 4, abs=1e-4), rec["name"]
+        total += rec["presim_sops"]["5"]
+    assert total > 0 and summary["presim_sops"]["5"] == pytest.approx(total, abs=0.5)
+    assert summary["total_sops"]["5"] == pytest.approx(summary["sops_main"]["5"] + summary["presim_sops"]["5"], abs=0.5)
+
+
+@pytest.mark.parametrize("name", ["baseline", "offset_spike", "ftbc", "ftbc_offset_spike"])
+def test_statistics_never_change_accuracy(name):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from snnconv.evaluate import evaluate
+
+    ann = random_ann("resnet20")
+    x = images(8, 4)
+    loader = DataLoader(TensorDataset(x, torch.arange(8) % 10), batch_size=4)
+    snn = convert(ann, x[:1])
+    method = _method(name)
+    method.calibrate(snn, ann, [images(4, 9)], 4, 1)
+    plain = evaluate(snn, ann, loader, [1, 2, 4], method, torch.device("cpu"), 1, progress=False)
+    counter = SpikeCounter(build_plan(ann, x[:1]))
+    counted = evaluate(snn, ann, loader, [1, 2, 4], method, torch.device("cpu"), 1, progress=False, counter=counter)
+    assert counted == plain
+    summary = counter.summary()
+    assert summary["images"] == {"1": 8, "2": 8, "4": 8} and summary["total_sops"]["4"] > 0
+    rec = layer(summary, "layer1.0.act1")  # fed by a conv + BN: one bias AC per neuron per step, + FTBC's beta[t]
+    ftbc = name.startswith("ftbc")
+    assert rec["bias_acs"]["4"] == rec["neurons"] * 4 * (2 if ftbc else 1)

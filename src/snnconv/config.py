@@ -108,6 +108,8 @@ class Config:
     snn: SnnConfig = field(default_factory=SnnConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     T: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    stats: bool = True  # spikes, SOPs, firing rates, conversion error and energy per T (snnconv.stats)
+    energy: str = "fp32-45nm"  # E_MAC / E_AC preset of the energy columns: fp32-45nm | fp16 | int8
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     checkpoint_dir: str = "outputs/checkpoints"
@@ -148,8 +150,10 @@ def choices() -> dict[str, tuple[str, ...]]:
     from snnconv.ann import list_sources
     from snnconv.data import DATASETS
     from snnconv.methods import list_methods
+    from snnconv.stats import ENERGY_PRESETS
 
     return {
+        "energy": tuple(ENERGY_PRESETS),
         "data.name": tuple(DATASETS),
         "ann.name": tuple(list_sources()),
         "method.name": tuple(list_methods()),

@@ -1,8 +1,9 @@
 """`run(cfg, out_dir)`: the whole pipeline for one composed config, top to bottom.
 
-data -> ANN (create, then load / train / cache) -> ReLU thresholds from calibration images -> convert ->
-method.calibrate (training-split batches) -> [finetune through time on the training split, evaluated before too]
--> evaluate at every T from one simulation -> results.json / csv / png -> W&B. Returns the results dict (see
+data -> ANN (create; with stats=true the counting plan of its graph, before any training) -> load / train /
+cache -> ReLU thresholds from calibration images -> convert -> method.calibrate (training-split batches) ->
+[finetune through time on the training split, evaluated before too] -> evaluate at every T from one simulation
+(spike statistics from the same simulation) -> results.json / csv / png -> W&B. Returns the results dict (see
 `snnconv.report` for its keys).
 
 Many ranks (torchrun / SLURM, `snnconv.distributed`): every rank walks the same pipeline on its share of the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import itertools
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from snnconv.methods import build_method
 from snnconv.models import create_model, replace_maxpool
 from snnconv.report import format_table, log_wandb, write_local
 from snnconv.snn import convert, default_time_chunk
+from snnconv.stats import Plan, SpikeCounter, build_plan
 from snnconv.train import load_or_train
 
 
@@ -81,6 +84,18 @@ def calibration_batches(loaders, batches: int, batch_size: int, device: torch.de
     return [distributed.local_rows(x).to(device) for x, _ in itertools.islice(loader, batches)]
 
 
+def stats_plan(cfg, model: torch.nn.Module, example: torch.Tensor) -> Plan | None:
+    """The counting plan when cfg.stats; None (with a one-line warning) for a graph snnconv.stats cannot count,
+    so that a run of such a network still gives its accuracies."""
+    if not cfg.stats:
+        return None
+    try:
+        return build_plan(model, example)
+    except SnnconvError as exc:
+        print(f"warning: {exc} (continuing without statistics)", file=sys.stderr)
+        return None
+
+
 def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`."""
     out_dir = Path(out_dir)
@@ -115,6 +130,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     if cfg.arch.maxpool == "avg":
         replace_maxpool(model)
     model = model.to(device)
+    example = next(iter(loaders.calib))[0][:1].to(device)
+    plan = stats_plan(cfg, model, example)
     train_loader = distributed.distributed_train_loader(loaders.train, int(cfg.seed))  # B / W images per rank
     ann_info = load_or_train(cfg, model, train_loader, device, progress)
     timing["train"] = round(ann_info.pop("seconds"), 3)
@@ -123,7 +140,6 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     start = time.perf_counter()
     calib = distributed.shard_batches(loaders.calib)  # this rank's whole batches of the calibration subset
     source_info = source_class(cfg.ann.name).calibrate(model, calib, cfg.ann, device)
-    example = next(iter(loaders.calib))[0][:1].to(device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
     method = build_method(cfg.method)
@@ -147,7 +163,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         timing["finetune"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
-    ev = evaluate(snn, model, test, T_list, method, device, time_chunk, 0, progress)
+    counter = SpikeCounter(plan) if plan is not None else None
+    ev = evaluate(snn, model, test, T_list, method, device, time_chunk, 0, progress, counter=counter)
     timing["evaluate"] = round(time.perf_counter() - start, 3)
 
     latency = {str(t): method.latency(t, n_spiking) for t in T_list}
@@ -167,6 +184,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     if any("pipelined_latency_steps" in v for v in latency.values()):
         results["pipelined_latency_steps"] = {t: v["pipelined_latency_steps"] for t, v in latency.items()}
     results["ann"].update(source_info or {})
+    if counter is not None:
+        results["stats"] = counter.summary(cfg.energy)
     sections = {key: diag for key, diag in method.result_sections().items() if diag}
     if tuned is not None:
         sections["finetune"] = {**tuned, "before": before["acc"] if before else None, "after": ev["acc"]}

@@ -399,19 +399,16 @@ def _add(store: dict, key, value) -> None:
 
 
 def _presim_controllers(neuron: IFNeuron) -> list:
-    ctrls = getattr(neuron, "controllers", None)
-    if ctrls is None:
-        ctrl = getattr(neuron, "controller", None)
-        ctrls = () if ctrl is None else (ctrl,)
-    return [c for c in ctrls if hasattr(c, "presim_window")]
+    """The neuron's controllers that pre-simulate (COS: `presim_window`, `presim_passes`, `presim_spikes`)."""
+    return [c for c in neuron.controllers if hasattr(c, "presim_window")]
 
 
 class SpikeCounter:
     """Counts spikes / SOPs / conversion error during evaluation; see the module docstring.
 
     Use: `counter = SpikeCounter(plan)`; `with counter.attached(snn, ann):` around the evaluation loop; before
-    each `snn(...)` call `counter.begin(read_at)` with the T values read from that simulation; `summary(preset)`
-    at the end. Hooks never change the simulation (they read outputs; tests check accuracy is unchanged).
+    each `snn(...)` call `counter.begin(read_at, batch)` with the T values read from that simulation;
+    `summary(preset)` at the end (`summary(preset, totals=sum_over_ranks(counter.totals()))` over ranks). Hooks never change the simulation (they read outputs; tests check accuracy is unchanged).
     """
 
     def __init__(self, plan: Plan):
@@ -475,9 +472,9 @@ class SpikeCounter:
         for name, neuron in self._neurons.items():
             ctrls = _presim_controllers(neuron)
             if ctrls:
-                c = ctrls[0]
-                self._presim[name] = (int(c.presim_window), int(c.presim_passes))
-                c["presim_spikes"] = None  # reset the controller's running count
+                ctrl = ctrls[0]
+                self._presim[name] = (int(ctrl.presim_window), int(ctrl.presim_passes))
+                ctrl.presim_spikes = None  # reset the controller's running count
             if neuron.bias.numel():
                 for T in self._group:
                     _add(self.layers[name]["bias_steps"], T, batch * T)
@@ -516,13 +513,13 @@ class SpikeCounter:
         return fn
 
     def _take_presim(self, name: str, neuron: IFNeuron) -> None:
-        c = _presim_controllers(neuron)[0]
-        n = c["presim_spikes"]
+        ctrl = _presim_controllers(neuron)[0]
+        n = ctrl.presim_spikes
         if n is None:
             return
         for T in self._group:
             _add(self.layers[name]["presim_spikes"], T, n.double())
-        c["presim_spikes"] = None
+        ctrl.presim_spikes = None
 
     def _scratch(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two reused buffers of `like`'s shape: fresh large tensors per snapshot cost more than the arithmetic
@@ -570,21 +567,19 @@ class SpikeCounter:
         counts one distributed evaluation: it refuses to count again after this."""
         if not distributed.is_distributed():
             return
-        total = distributed.sum_over_ranks(
-            {"images": self.images, "layers": {name: vars(c) for name, c in self.layers.items()}}
-        )
-        self.images = total.get("images", {})
-        for name, counts in self.layers.items():
-            for key, value in total.get("layers", {}).get(name, {}).items():
-                setattr(counts, key, value)
+        total = distributed.sum_over_ranks(self.totals())
+        self.images = dict(total.get("images", {}))
+        for name in self.layers:
+            got = total.get("layers", {}).get(name, {})
+            self.layers[name] = {k: got.get(k, {}) for k in _COUNT_KEYS}
         for seen in distributed.gather_objects(self._presim_seen):
             self._presim_seen.update(seen)
         self._reduced = True
 
     # ------------------------------------------------------------------------------------------------------
     def totals(self) -> dict:
-        """The raw sums {"images": {T: n}, "layers": {name: {key: {T: value}}}}: a tree of numbers and tensors to
-        add over ranks (`snnconv.distributed.sum_over_ranks`) before `summary(totals=...)`."""
+        """The raw sums {"images": {T: n}, "layers": {name: {key: {T: value}}}}: a tree of numbers and tensors that
+        `snnconv.distributed.sum_over_ranks` adds key by key (`reduce_over_ranks`)."""
         return {"images": dict(self.images), "layers": self.layers}
 
     def summary(self, preset: str = "fp32-45nm", totals: dict | None = None) -> dict:

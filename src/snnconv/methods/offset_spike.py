@@ -135,7 +135,11 @@ def presimulate(
 
 class OffsetSpikeController(Controller):
     """Per-layer controller installed on an IFNeuron: computes the calibrated v(0) [B, ...] from the layer's
-    input sequence [T_sim, B, ...] (T_sim >= rho). `stats`, if given, accumulates the psi diagnostics."""
+    input sequence [T_sim, B, ...] (T_sim >= rho). `stats`, if given, accumulates the psi diagnostics.
+
+    Work record read by `snnconv.stats` (the pre-simulation is real work): `presim_window` = rho steps,
+    `presim_passes`, and `presim_spikes`, the spikes emitted by the deployed passes (a 0-d tensor, summed over
+    calls until a reader sets it back to None; the diagnostic pass is not counted)."""
 
     def __init__(self, rho: int, passes: int, eps: float, stats: _LayerStats | None = None):
         if rho < 1 or passes < 1 or not 0 < eps < 1:
@@ -144,6 +148,8 @@ class OffsetSpikeController(Controller):
             )
         self.rho, self.passes, self.eps = int(rho), int(passes), float(eps)
         self.stats = stats
+        self.presim_window, self.presim_passes = self.rho, self.passes
+        self.presim_spikes: torch.Tensor | None = None
 
     @torch.no_grad()
     def initial_potential(self, neuron: IFNeuron, inputs: torch.Tensor) -> torch.Tensor:
@@ -161,6 +167,8 @@ class OffsetSpikeController(Controller):
         desired = None
         for k in range(self.passes):
             n, m_min, v_max, v_rho, S = presimulate(neuron, inputs, v0, theta, rho, input_sum=diag and k == 0)
+            spikes = n.sum()
+            self.presim_spikes = spikes if self.presim_spikes is None else self.presim_spikes + spikes
             if k == 0:
                 r, r1, n1 = v_rho, v_rho, n  # the paper's v(rho) from v0_base
             else:  # = v(rho) - (v0 - v0_base), without cancelling the shift in floating point
