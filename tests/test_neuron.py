@@ -111,3 +111,31 @@ def test_controller_step_is_the_fused_step_bit_for_bit(shift_per_step):
         neuron.controllers = (controller,) if controller is not None else ()
         outs.append((neuron(x), neuron.v.clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("controller", [False, True])
+def test_membrane_stays_fp32_with_bf16_inputs(controller):
+    """Under an autocast the layer input arrives in bf16: the membrane (and the reset by theta) stays fp32, so the
+    spikes equal an fp32 simulation of the same (bf16-rounded) currents; only the output is rounded to bf16."""
+    from snnconv.snn.neuron import Controller
+
+    class Watch(Controller):  # takes the per-step path (re-fire hook) without changing anything
+        def on_step(self, neuron, t, current, v_prev, m, s):
+            return m, s
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.tensor([0.3, 0.7, 1.1])  # not representable in bf16: a bf16 reset would drift
+    x = (torch.rand(4, 6, 3, generator=g) * 0.9).to(torch.bfloat16)  # [T, B, C], 4 steps
+    runs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        ctx = SimContext()
+        ctx.batch, ctx.chunk, ctx.total_steps = 6, 4, 4
+        neuron = IFNeuron(NeuronSpec(theta), ctx)
+        neuron.controllers = (Watch(),) if controller else ()
+        out = neuron(x.to(dtype).reshape(24, 3))
+        assert neuron.v.dtype == torch.float32 and out.dtype == dtype
+        runs[dtype] = (out.float(), neuron.v.clone())
+    spikes_bf16 = (runs[torch.bfloat16][0] > 0)
+    assert torch.equal(spikes_bf16, runs[torch.float32][0] > 0) and spikes_bf16.any()
+    assert torch.equal(runs[torch.bfloat16][1], runs[torch.float32][1])  # the same fp32 membrane, bit for bit
+    torch.testing.assert_close(runs[torch.bfloat16][0], runs[torch.float32][0], rtol=2**-8, atol=0)  # bf16 output

@@ -169,3 +169,34 @@ def test_ftbc_biases_are_calibrated_for_a_longer_finetune_T_and_trained(trained)
     ft = res["finetune"]
     assert ft["before"] is None and ft["T"] == 4 and ft["trained"]["ftbc_biases"] > 0
     assert res["ftbc"]["steps"] == 4
+
+
+def test_a_tiny_memory_budget_micro_batches_the_evaluation_and_changes_nothing(trained):
+    """snn.memory_budget_gb small enough that the 360 test images are evaluated 50 at a time (planned from the
+    layer shapes before any work): the same accuracies as one whole batch; the plan is recorded."""
+    from snnconv.methods import build_method
+    from snnconv.runner import build_ann
+    from snnconv.snn.memory import GiB, predicted_peak, profile_network
+
+    tmp, *_ = trained
+    base = make_cfg(tmp, *SMALL, "T=[1,2,4]", "method=offset_spike")
+    cos = build_method(base.method)
+    profile = profile_network(build_ann(base, 10, 1), (1, 16, 16))
+    budget = predicted_peak(profile, 360, 50, 1, cos.sim_steps(4), cos.first_chunk, *cos.memory_needs("evaluate"))
+    small = make_cfg(tmp, *SMALL, "T=[1,2,4]", "method=offset_spike", f"snn.memory_budget_gb={budget / GiB!r}")
+    whole, split = run(base, tmp / "whole", progress=False), run(small, tmp / "split", progress=False)
+    assert whole["memory_plan"]["evaluate"]["micro_batch"] == 360
+    assert split["memory_plan"]["evaluate"] == {"time_chunk": 1, "micro_batch": 50,  # CPU: chunk 1 (first: rho)
+                                                "predicted_peak_gb": round(budget / GiB, 3),
+                                                "budget_gb": round(budget / GiB, 3)}
+    assert split["snn"] == whole["snn"] and split["offset_spike"] == whole["offset_spike"]
+    assert split["numerics"]["allow_tf32_cudnn"] is False and split["numerics"]["device"] == "cpu"
+    # FTBC cannot split its calibration batch: refused before any work, naming the batch size that fits
+    ftbc_cfg = make_cfg(tmp, *SMALL, "T=[1,2,4]", "method=ftbc")
+    ftbc = build_method(ftbc_cfg.method)
+    batches, size = ftbc.calibration_images()
+    half = predicted_peak(profile, size, size // 2, 1, 4, 0, *ftbc.memory_needs("calibrate"))  # fits half a batch
+    ftbc_cfg.snn.memory_budget_gb = half / GiB
+    with pytest.raises(SnnconvError, match=rf"cannot be split .* set method.batch_size={size // 2} "
+                                           rf"method.batches={2 * batches} \(the same images\)"):
+        run(ftbc_cfg, tmp / "ftbc", progress=False)

@@ -83,8 +83,16 @@ class TrainConfig:
 
 @dataclass
 class SnnConfig:
-    time_chunk: int = 0  # time steps folded into the batch per call; 0 = auto (per device, see README)
+    time_chunk: int = 0  # time steps folded into the batch per call; 0 = auto (CPU: 1; CUDA: the largest that fits)
     eval_batches: int = 0  # >0: evaluate only N test batches
+    memory_fraction: float = 0.8  # CUDA: share of the free device memory a simulation may use (snnconv.snn.memory)
+    memory_budget_gb: float = 0.0  # >0: the simulation's memory budget in GiB on any device (overrides the fraction)
+
+
+@dataclass
+class NumericsConfig:
+    allow_tf32: bool = False  # TF32 matmuls / convolutions (Ampere+); off: fp32 spikes at near-ties stay put
+    deterministic: bool = False  # deterministic cuDNN kernels, no autotuning (cudnn.benchmark); see snnconv.device
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Config:
     finetune: Any = MISSING  # snnconv.finetune.FinetuneConfig (finetune/finetune_schema): none | localzo | surrogate
     train: TrainConfig = field(default_factory=TrainConfig)
     snn: SnnConfig = field(default_factory=SnnConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     T: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     stats: bool = True  # spikes, SOPs, firing rates, conversion error and energy per T (snnconv.stats)
@@ -206,6 +215,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0 = no resume checkpoints)"),
         (cfg.data.num_workers >= -1, "data.num_workers must be >= 0, or -1 for automatic"),
         (cfg.snn.time_chunk >= 0, "snn.time_chunk must be >= 0 (0 = auto)"),
+        (0 < cfg.snn.memory_fraction <= 1, "snn.memory_fraction must be in (0, 1]"),
+        (cfg.snn.memory_budget_gb >= 0, "snn.memory_budget_gb must be >= 0 (0 = from the device)"),
         (cfg.data.batch_size >= 1 and cfg.data.test_batch_size >= 1, "data batch sizes must be >= 1"),
     ]
     for ok, message in checks:

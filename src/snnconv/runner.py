@@ -1,6 +1,7 @@
 """`run(cfg, out_dir)`: the whole pipeline for one composed config, top to bottom.
 
-data -> ANN (create; with stats=true the counting plan of its graph, before any training) -> load / train /
+numerics switches -> data -> ANN (create; memory plans from its layer shapes and, with stats=true, the counting
+plan of its graph, before any training) -> load / train /
 cache -> ReLU thresholds from calibration images -> convert -> method.calibrate (training-split batches) ->
 [finetune through time on the training split, evaluated before too] -> evaluate at every T from one simulation
 (spike statistics from the same simulation) -> results.json / csv / png -> W&B. Returns the results dict (see
@@ -16,6 +17,7 @@ and rank 0's weights are broadcast, so all ranks evaluate one network.
 from __future__ import annotations
 
 import itertools
+import math
 import platform
 import random
 import sys
@@ -24,18 +26,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from snnconv import SnnconvError, __version__, distributed
 from snnconv.ann import act_layer, source_class
 from snnconv.data import build_loaders
+from snnconv.device import configure_numerics, numerics_record, reset_peak_memory
 from snnconv.evaluate import evaluate
 from snnconv.finetune import finetune
-from snnconv.methods import build_method
+from snnconv.methods import Method, build_method
 from snnconv.models import create_model, replace_maxpool
 from snnconv.report import format_table, log_wandb, write_local
 from snnconv.snn import convert, default_time_chunk
+from snnconv.snn.memory import GiB, MemoryProfile, SimPlan, device_budget, plan_simulation, profile_network
 from snnconv.stats import Plan, SpikeCounter, build_plan
 from snnconv.train import load_or_train
 
@@ -96,13 +101,57 @@ def stats_plan(cfg, model: torch.nn.Module, example: torch.Tensor) -> Plan | Non
         return None
 
 
+def build_ann(cfg, num_classes: int, in_chans: int) -> nn.Module:
+    """The ANN `cfg.arch` / `cfg.ann` describe (untrained; on the current default device, e.g. meta)."""
+    model = create_model(
+        cfg.arch.name,
+        act_layer=act_layer(cfg.ann),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=cfg.data.img_size,
+        width=cfg.arch.width,
+        stem=cfg.arch.stem,
+        dropout=cfg.arch.dropout,
+        model_name=cfg.arch.model_name,
+        pretrained=cfg.arch.pretrained,
+    )
+    if cfg.arch.maxpool == "avg":
+        replace_maxpool(model)
+    return model
+
+
+def memory_plan(cfg, method: Method, profile: MemoryProfile, budget: int | None, device, phase: str) -> SimPlan | None:
+    """Time chunk and micro-batch of `phase` ("evaluate", or "calibrate": None when the method needs no images)
+    from the ANN's layer shapes (`snnconv.snn.memory`). `snn.time_chunk` > 0 is kept; 0 = the largest chunk that
+    fits on accelerators, 1 on CPU. Raises SnnconvError when even one image does not fit, or when a calibration
+    that cannot be split (FTBC) does not fit, naming the batch size that does."""
+    steps = method.sim_steps(max(int(t) for t in cfg.T))
+    batches, batch = (1, int(cfg.data.test_batch_size)) if phase == "evaluate" else method.calibration_images()
+    if not batches:
+        return None
+    neuron_copies, state_copies = method.memory_needs(phase)
+    plan = plan_simulation(profile, batch, steps, budget, max_chunk=default_time_chunk(device, steps),
+                           chunk=int(cfg.snn.time_chunk), first_chunk=method.first_chunk, neuron_copies=neuron_copies,
+                           state_copies=state_copies, what=f"{method.name} {phase}")
+    if phase == "calibrate" and plan.micro_batch < batch and not method.calibration_splits:
+        raise SnnconvError(
+            f"{method.name} calibration of method.batch_size={batch} images does not fit the memory budget "
+            f"({budget / GiB:.2f} GiB) and cannot be split (each update uses the whole batch); set "
+            f"method.batch_size={plan.micro_batch} method.batches={math.ceil(batches * batch / plan.micro_batch)}"
+            " (the same images), or raise snn.memory_fraction"
+        )
+    return plan
+
+
 def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`."""
     out_dir = Path(out_dir)
     distributed.init()  # no-op in one process, or when run.py / an earlier run joined already
     progress = progress and distributed.is_main()
     seed_everything(int(cfg.seed))
+    configure_numerics(cfg.numerics.allow_tf32, cfg.numerics.deterministic)
     device = distributed.local_device(resolve_device(cfg.device))
+    reset_peak_memory(device)
     if cfg.train.sync_bn and distributed.is_distributed() and device.type != "cuda":
         raise SnnconvError(
             "train.sync_bn=true needs CUDA devices (torch's SyncBatchNorm refuses CPU tensors); "
@@ -115,21 +164,11 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
 
     with distributed.main_first():  # rank 0 downloads / unpacks, then the others read its files
         loaders = build_loaders(cfg.data, seed=int(cfg.seed), device=device)
-    model = create_model(
-        cfg.arch.name,
-        act_layer=act_layer(cfg.ann),
-        num_classes=loaders.num_classes,
-        in_chans=loaders.in_chans,
-        img_size=cfg.data.img_size,
-        width=cfg.arch.width,
-        stem=cfg.arch.stem,
-        dropout=cfg.arch.dropout,
-        model_name=cfg.arch.model_name,
-        pretrained=cfg.arch.pretrained,
-    )
-    if cfg.arch.maxpool == "avg":
-        replace_maxpool(model)
-    model = model.to(device)
+    model = build_ann(cfg, loaders.num_classes, loaders.in_chans).to(device)
+    method = build_method(cfg.method)
+    budget = device_budget(device, cfg.snn.memory_fraction, cfg.snn.memory_budget_gb)
+    profile = profile_network(model, (loaders.in_chans, cfg.data.img_size, cfg.data.img_size))
+    plans = {ph: p for ph in ("evaluate", "calibrate") if (p := memory_plan(cfg, method, profile, budget, device, ph))}
     example = next(iter(loaders.calib))[0][:1].to(device)
     plan = stats_plan(cfg, model, example)
     train_loader = distributed.distributed_train_loader(loaders.train, int(cfg.seed))  # B / W images per rank
@@ -142,12 +181,13 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     source_info = source_class(cfg.ann.name).calibrate(model, calib, cfg.ann, device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
-    method = build_method(cfg.method)
-    time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)
+    time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)  # fine-tuning's (not planned)
+    calib_chunk = plans["calibrate"].chunk if "calibrate" in plans else time_chunk
+    eval_chunk, micro = plans["evaluate"].chunk, plans["evaluate"].micro_batch
     batches = calibration_batches(loaders, *method.calibration_images(), device)
     tuning = cfg.finetune.name != "none"
     # causal calibrations (FTBC's biases) cover the fine-tuning steps too when finetune.T > max(T)
-    method.calibrate(snn, model, batches, max(T_max, int(cfg.finetune.T)) if tuning else T_max, time_chunk)
+    method.calibrate(snn, model, batches, max(T_max, int(cfg.finetune.T)) if tuning else T_max, calib_chunk)
     timing["calibrate"] = round(time.perf_counter() - start, 3)
 
     test = distributed.shard_batches(loaders.test, cfg.snn.eval_batches)
@@ -155,7 +195,8 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     if tuning:
         if cfg.finetune.eval_before:  # a fresh method instance: COS diagnostics describe the final run only
             start = time.perf_counter()
-            before = evaluate(snn, model, test, T_list, build_method(cfg.method), device, time_chunk, 0, progress)
+            before = evaluate(snn, model, test, T_list, build_method(cfg.method), device, eval_chunk, 0, progress,
+                              micro_batch=micro)
             timing["evaluate_before_finetune"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         tuned = finetune(snn, model, loaders.train.dataset, cfg.finetune, time_chunk, device, int(cfg.seed), progress)
@@ -164,7 +205,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
 
     start = time.perf_counter()
     counter = SpikeCounter(plan) if plan is not None else None
-    ev = evaluate(snn, model, test, T_list, method, device, time_chunk, 0, progress, counter=counter)
+    ev = evaluate(snn, model, test, T_list, method, device, eval_chunk, 0, progress, counter=counter, micro_batch=micro)
     timing["evaluate"] = round(time.perf_counter() - start, 3)
 
     latency = {str(t): method.latency(t, n_spiking) for t in T_list}
@@ -175,7 +216,15 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         "latency_steps": {t: v["latency_steps"] for t, v in latency.items()},
         "timing_s": timing,
         "images": ev["images"],
-        "time_chunk": time_chunk,
+        "time_chunk": eval_chunk,
+        "memory_plan": {
+            phase: {"time_chunk": plan.chunk, "micro_batch": plan.micro_batch,
+                    "predicted_peak_gb": round(plan.peak / GiB, 3),
+                    "budget_gb": None if plan.budget is None else round(plan.budget / GiB, 3)}
+            for phase, plan in plans.items()
+        },
+        "numerics": {**numerics_record(device), "train_amp_bf16": bool(cfg.train.amp) and device.type == "cuda",
+                     "train_channels_last": bool(cfg.train.channels_last)},
         "device": str(device),
         "distributed": {"world_size": distributed.world_size(), "backend": distributed.backend(device)},
         "env": {"snnconv": __version__, "torch": torch.__version__, "python": platform.python_version()},

@@ -3,6 +3,7 @@
 A method is a `Method` subclass plus a `MethodConfig` dataclass (the only copy of its defaults and value checks),
 tied together by `snnconv.methods.registry.register_method`. The runner calls, in order:
   calibration_images() -> (batches, batch_size)               training-split images it needs ((0, 0) = none)
+  memory_needs(phase), calibration_splits                     what the memory planner must know (before training)
   calibrate(snn, ann, batches, T_max, time_chunk) -> dict     fills buffers (FTBC), training-split batches only
   attach(snn)                                                 installs inference-time controllers (COS)
   ... evaluation: snn(x, sim_steps(T_max), time_chunk, first_chunk) ...
@@ -64,12 +65,21 @@ class Method:
     name: ClassVar[str] = "baseline"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     first_chunk = 0  # steps the first chunk of every simulation must hold (COS: rho), 0 = no constraint
+    # False: a calibration batch's result depends on the whole batch (FTBC's per-step channel means), so the
+    # memory planner must not split it into micro-batches (snnconv.snn.memory)
+    calibration_splits: ClassVar[bool] = True
 
     def __init__(self, cfg: Any = None):
         self.cfg = to_config(self.Config, cfg)
 
     def calibration_images(self) -> tuple[int, int]:
         """(batches, batch_size) of training-split calibration images `calibrate` needs; (0, 0) = none."""
+        return 0, 0
+
+    def memory_needs(self, phase: str) -> tuple[int, int]:
+        """(neuron_copies, state_copies) for the memory planner (`snnconv.snn.memory.predicted_peak`): working
+        tensors per image this method adds to a plain simulation during `phase` ("calibrate" | "evaluate"), in
+        units of the largest spiking layer and of all membranes together. Counted from the code, with margin."""
         return 0, 0
 
     def calibrate(

@@ -217,8 +217,18 @@ class FTBC(Method):
         self.alpha, self.iterations, self.update = float(self.cfg.alpha), int(self.cfg.iterations), self.cfg.update
         self._diag: dict = {}
 
+    calibration_splits = False  # beta[t] is updated from the whole batch's channel mean before the re-fire
+
     def calibration_images(self) -> tuple[int, int]:
         return int(self.cfg.batches), int(self.cfg.batch_size)
+
+    def memory_needs(self, phase: str) -> tuple[int, int]:
+        """Calibration: the step, the update and the re-fired step keep ~8 layer-sized tensors (m, s, v and their
+        re-fired copies, the delta's temporaries); `oracle` also keeps every layer's full ANN activation and an
+        oracle membrane (2 copies of all membranes). Evaluation: the plain step."""
+        if phase != "calibrate":
+            return 0, 0
+        return 8, 2 if self.update == "oracle" else 0
 
     def controllers(self, ftbc: FTBCController) -> tuple[Controller, ...]:
         """What a neuron runs with during calibration (a combined method adds its own)."""

@@ -43,6 +43,10 @@ class FTBCOffsetSpike(FTBC):
     def controllers(self, ftbc: FTBCController) -> tuple[Controller, ...]:
         return (self._cos_controller, ftbc)
 
+    def memory_needs(self, phase: str) -> tuple[int, int]:
+        """COS's pre-simulation dominates in both phases; FTBC's oracle adds its two state copies."""
+        return 14, FTBC.memory_needs(self, phase)[1]
+
     def attach(self, snn: SpikingNetwork) -> None:
         self.cos.attach(snn)
 

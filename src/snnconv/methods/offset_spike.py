@@ -59,7 +59,7 @@ from snnconv import distributed
 from snnconv.methods.base import Method, MethodConfig
 from snnconv.methods.registry import register_method
 from snnconv.snn import SpikingNetwork
-from snnconv.snn.neuron import Controller, IFNeuron
+from snnconv.snn.neuron import Controller, IFNeuron, membrane_dtype
 
 
 @dataclass
@@ -159,8 +159,9 @@ class OffsetSpikeController(Controller):
                 f"offset_spike pre-simulates rho={rho} steps but the neuron got {inputs.shape[0]} steps in its first "
                 f"chunk; simulate Method.sim_steps(T) = max(T, rho) steps with time_chunk >= rho"
             )
-        theta = neuron.threshold_view(inputs.dim() - 1).to(inputs.dtype)
-        v0_base = (neuron.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype).clone()
+        dtype = membrane_dtype(inputs)  # fp32 for bf16 inputs too, like the neuron's own membrane
+        theta = neuron.threshold_view(inputs.dim() - 1).to(dtype)
+        v0_base = (neuron.v0_frac * theta).expand_as(inputs[0]).to(dtype).clone()
         v0 = v0_base
         diag = self.stats is not None
         psi_rows, shift_rows = [], []
@@ -214,6 +215,11 @@ class OffsetSpike(Method):
         for name, neuron in snn.neurons().items():
             stats = self._stats.setdefault(name, _LayerStats()) if self.diagnose else None
             neuron.controllers = (self.controller(stats),)
+
+    def memory_needs(self, phase: str) -> tuple[int, int]:
+        """The pre-simulation of the first chunk keeps ~14 layer-sized tensors (v0, its base, the running count,
+        min / max, input sum, masks, both shift distances, the step's m, s, v) at the layer it calibrates."""
+        return (14, 0) if phase == "evaluate" else (0, 0)
 
     def controller(self, stats: _LayerStats | None = None) -> OffsetSpikeController:
         """A layer's COS controller with this method's settings (`stats` accumulates its psi diagnostics)."""

@@ -39,6 +39,12 @@ def if_step(v: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor):
     return s, m, m - threshold * s
 
 
+def membrane_dtype(x: torch.Tensor) -> torch.dtype:
+    """The membrane's dtype for inputs `x`: float32 for bf16 / fp16 / fp32 inputs (an autocast must not turn the
+    potential into a 7-bit-mantissa accumulator), float64 for float64 inputs."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def per_channel(vec: torch.Tensor, ndim: int) -> torch.Tensor:
     """View a [C] tensor so it broadcasts over a [B, C, ...] tensor with `ndim` dims (a [] tensor is returned as is)."""
     if vec.dim() == 0:
@@ -164,18 +170,19 @@ class IFNeuron(nn.Module):
                 if v0 is not None:
                     return v0
         theta = self.threshold_view(inputs.dim() - 1)
-        return (self.v0_frac * theta).expand_as(inputs[0]).to(inputs.dtype)  # forward() takes its own copy
+        return (self.v0_frac * theta).expand_as(inputs[0]).to(membrane_dtype(inputs))  # forward() copies it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.unfold(x)
         if self.ctx.train is not None:
             return self._forward_train(seq)
-        if self.t == 0:
-            self.v = self.initial_potential(seq).clone()  # owned: the fast path updates it in place
+        if self.t == 0:  # owned (the fast path updates it in place), fp32 whatever the input dtype
+            self.v = self.initial_potential(seq).to(membrane_dtype(seq), copy=True)
         theta = self.threshold_view(seq.dim() - 1)
         on_step = [c for c in self.controllers if _overrides(c, "on_step")]
         out = torch.empty_like(seq, memory_format=torch.contiguous_format)  # viewed as [k*B, ...] below
         v = self.v
+        same = out.dtype == v.dtype  # fp32 input: spikes written straight into the output
         for i in range(seq.shape[0]):
             t = self.t + i
             if not on_step:  # fused in place: 4-5 passes over the state instead of 7 (scripts/bench_simulation.py)
@@ -183,9 +190,14 @@ class IFNeuron(nn.Module):
                 offset = self.step_offset(t, v.dim())
                 if offset is not None:
                     v.add_(offset)
-                torch.ge(v, theta, out=out[i])  # spikes as 0/1 in the output dtype, no bool->float copy
-                out[i].mul_(theta)
-                v.sub_(out[i])
+                if same:
+                    torch.ge(v, theta, out=out[i])  # spikes as 0/1 in the output dtype, no bool->float copy
+                    out[i].mul_(theta)
+                    v.sub_(out[i])
+                else:  # reset by the fp32 theta, output rounded to the input dtype (bf16 under autocast)
+                    spikes = torch.ge(v, theta).to(v.dtype).mul_(theta)
+                    v.sub_(spikes)
+                    out[i].copy_(spikes)
             else:
                 s, m, _ = self.step(v, seq[i], t, theta)
                 for ctrl in on_step:
