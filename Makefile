@@ -38,8 +38,10 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:  ## the device check on one CUDA GPU (at most ~8 min): gpu tests, pipelines, benchmarks, memory planner, bf16
 	PYTHONPATH=src $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
-clean-outputs:  ## delete run outputs (keeps the checkpoint cache)
+clean-outputs:  ## delete run outputs: outputs/<task>/<date>/ and multirun/ (keeps the checkpoint cache and reproduce-cpu)
 	rm -rf outputs/20* multirun
+	find outputs -mindepth 2 -maxdepth 2 -type d -name '20[0-9][0-9]-*' -exec rm -rf {} + 2>/dev/null || true
+	find outputs -mindepth 1 -maxdepth 1 -type d -empty -delete 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------------------------------
 # CPU-scale reproduction on Fashion-MNIST (this machine: 2 cores). Every cell (network x method) is one run in

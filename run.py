@@ -6,20 +6,25 @@ Examples:
   python run.py -m method=ftbc method.alpha=0.1,0.3,0.5
   torchrun --nproc_per_node=4 run.py method=ftbc data=cifar100   # 4 ranks (README: "Many GPUs and clusters")
 A user error (bad value, missing data, checkpoint that does not fit) prints one line and exits with code 2.
+A sweep runs every job even when some fail, then prints "k of n jobs failed" and exits non-zero; rerun it with
+hydra.sweep.dir=<its folder> and the jobs with complete results are skipped (snnconv.jobs, a Hydra callback).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from snnconv import SnnconvError
-from snnconv.config import register_configs, validate
+from snnconv import SnnconvError, jobs
+from snnconv.config import register_configs
 
 register_configs()
 
@@ -48,26 +53,40 @@ class _StartupErrors:
         self.buffer.clear()
 
     def one_line(self) -> str:
-        text = "".join(self.buffer).split("Config search path")[0]  # Hydra's search-path dump is noise here
+        """Start-up's report as one line: the last line of a Python traceback (an error raised by a callback,
+        e.g. an unwritable hydra.run.dir, or by a launcher), else Hydra's composition message."""
+        text = "".join(self.buffer)
+        if "Traceback (most recent call last)" in text:
+            last = [ln.strip() for ln in text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
+            if last:
+                name, _, message = last[-1].partition(": ")
+                return message if name.endswith("SnnconvError") else f"{message} ({name.rsplit('.', 1)[-1]})"
+        text = text.split("Config search path")[0]  # Hydra's search-path dump is noise here
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return "; ".join(ln for ln in lines if "HYDRA_FULL_ERROR" not in ln) or "invalid command line"
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | jobs.JobFailed:
     if isinstance(sys.stderr, _StartupErrors):
         sys.stderr.release()
-    try:
-        validate(cfg)
-        from snnconv.runner import run
+    hc = HydraConfig.get()
+    out_dir = cfg.output_dir or hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    return jobs.execute(
+        cfg, out_dir,
+        log_path=Path(hc.runtime.output_dir) / f"{hc.job.name}.log" if _rank() == 0 else None,
+        sweep_dir=hc.sweep.dir if multirun else None,
+        catch_all=multirun,
+    )
 
-        out_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-        results = run(cfg, out_dir)
-    except SnnconvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    acc = results["snn"]["acc"]
-    return float(acc[max(acc, key=int)])  # for sweepers: accuracy at the largest T
+
+def _rank() -> int:
+    """This process's rank (0 without torchrun / srun): only rank 0 appends what it prints to the run's log."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
 def _join_ranks() -> None:
@@ -90,17 +109,31 @@ def _join_ranks() -> None:
                 sys.argv.append(override)
 
 
-if __name__ == "__main__":
-    _join_ranks()
+
+
+def cli() -> int:
+    """`python run.py ...` (arguments from sys.argv): the exit code. 0; 2 for a user error (one line on stderr);
+    for a sweep with failed jobs 2 when every failure was a user error, else 1; a crash of a single run keeps
+    Hydra's traceback and exit code 1."""
     guard = sys.stderr = _StartupErrors(sys.stderr)
     try:
         main()
     except SystemExit as exc:
+        if isinstance(exc.code, str):  # "error: <one line>" from a check in a Hydra callback (snnconv.jobs)
+            sys.stderr = guard.real
+            print(exc.code, file=sys.stderr)
+            return 2
         if sys.stderr is guard and exc.code not in (0, None):
             sys.stderr = guard.real
             print(f"error: {guard.one_line()}", file=sys.stderr)
-            sys.exit(2)
+            return 2
         raise
     finally:
         if sys.stderr is guard:
             guard.release()
+    return jobs.exit_code()  # set by the jobs.JobReport callback: a failed run, or failed jobs of a sweep
+
+
+if __name__ == "__main__":
+    _join_ranks()
+    sys.exit(cli())

@@ -95,7 +95,7 @@ def experiment_section(name: str, runs: list[dict], png: Path) -> str:
 
 
 def load_paper_results(conf_dir: Path) -> dict:
-    """{preset: {method: {"ann", "acc": {T: %}, "source"}}} from conf/paper_results/*.yaml."""
+    """{preset: {method: {"ann", "acc": {T: %}, "source"}}} from docs/paper_results/*.yaml."""
     import yaml
 
     merged: dict = {}
@@ -169,7 +169,7 @@ def main() -> int:
         parts += ["## FTBC step size alpha (VGG16 w/4, QCFS L=4)", "",
                   f"Test images per run: {', '.join(map(str, n_images))}; {'; '.join(recipes)}.", "",
                   pivot_markdown(sweep_runs, ["method.alpha"]), ""]
-    paper = paper_section(all_runs, load_paper_results(Path(__file__).resolve().parents[1] / "conf" / "paper_results"))
+    paper = paper_section(all_runs, load_paper_results(Path(__file__).resolve().parents[1] / "docs" / "paper_results"))
     if paper:
         parts += ["## Against the published numbers", "", paper]
     for bench in ("bench_simulation", "bench_calibration"):

@@ -75,3 +75,18 @@ def test_comparison_table_has_latency_and_stats_columns(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(tmp_path), "--keys", "method.name",
                           "--compare-only"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("| run | T | acc % |") and "| offset_spike | 2 | 80.00 | 6 | 62 | 2M | 10.00 | 0.400 |" in out
+
+
+def test_collect_keeps_latency_and_lists_jobs_without_results(tmp_path):
+    fake_run(tmp_path / "0_p1", "offset_spike", 0.5, 1, {1: 70.0, 2: 80.0})
+    fake_run(tmp_path / "1_p2", "offset_spike", 0.5, 2, {1: 75.0, 2: 85.0})
+    failed = tmp_path / "2_p0"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "method.passes must be >= 1"}))
+    (tmp_path / "3_killed" / ".hydra").mkdir(parents=True)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| run | T=1 | T=2 | test images |" in out
+    assert "| method.passes=1 | 70.00 (5 / 61) | 80.00 (6 / 62) | 100 |" in out  # COS at T=1: 5 steps
+    assert "2 of 4 jobs have no results (not in the table):" in out
+    assert "- 2_p0: method.passes must be >= 1" in out and "- 3_killed: no status (killed, or still running)" in out

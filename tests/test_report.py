@@ -103,6 +103,8 @@ def test_write_local(tmp_path, results):
         "firing_rate": "",
         "energy_ratio": "",
         "snn_acc_before_finetune": "",
+        "test_images": "",  # results without an image count: empty cells, not a guess
+        "test_images_available": "",
     }
 
     png = paths["png"].read_bytes()

@@ -135,7 +135,7 @@ def test_calibration_request_larger_than_the_subset_is_refused(trained):
     refused before any work, and only for methods that calibrate on images (the baseline needs none)."""
     tmp, _, _, _ = trained
     with pytest.raises(SnnconvError, match=r"method.batches=9 x method.batch_size=64 = 576 training images but "
-                                           r"data.calib_size=512; raise data.calib_size"):
+                                           r"the calibration subset holds 512; raise data.calib_size"):
         make_cfg(tmp, *SMALL, "T=[1,2]", "method=ftbc", "method.batches=9", "method.batch_size=64", "data.calib_size=512")
     make_cfg(tmp, *SMALL, "T=[1,2]", "method=baseline", "data.calib_size=16")  # validates
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,29 +43,54 @@ FORMATS = ("auto", "snnconv", "qcfs", "cos", "qcfs_old", "snnc", "torchvision", 
 OPTIONAL_SUFFIXES = (".threshold",)  # for layout detection only; load_state checks the exact optional keys
 
 
-def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike, trust: bool = False, what: str = "ann.checkpoint") -> dict[str, torch.Tensor]:
     """The state dict stored at `path`: a bare state dict, {state_dict|model|net|model_state_dict: ...}, or (with
     trust=True only) a whole pickled nn.Module. DataParallel's `module.` prefixes are stripped.
 
-    Raises SnnconvError (one line) for a missing file, a file torch cannot read, a pickled object without
-    trust=True, or an object holding no state dict.
+    Raises SnnconvError (one line naming `what`, the setting or cache file the path came from) for a missing file,
+    a file that is no PyTorch checkpoint (random bytes, truncated, empty: PyTorch's multi-line text is reduced to
+    its reason), a pickled object without trust=True, or an object holding no state dict.
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise SnnconvError(f"ann.checkpoint={str(path)!r} does not exist; pass the path of a saved state dict")
+        raise SnnconvError(f"{what}={str(path)!r} does not exist; pass the path of a saved state dict")
+    advice = what == "ann.checkpoint"  # a cache file is replaced by the caller, the user has nothing to do
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": multi-line, nothing to act on
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if pickled is None:  # not a pickle torch.save wrote (random bytes, a foreign format)
+            raise SnnconvError(
+                f"{what}={str(p)!r} is not a PyTorch checkpoint ({_reason(exc)})"
+                + ("; pass a file written by torch.save(model.state_dict(), path)" if advice else "")
+            ) from exc
         if not trust:
             raise SnnconvError(
-                f"ann.checkpoint {p.name} holds pickled objects (a whole model or non-tensor entries) that the safe "
-                "loader refuses; if you trust the file set ann.trust_checkpoint=true (unpickling runs its code), "
-                "or save model.state_dict() instead"
+                f"{what} {p.name} holds pickled objects ({pickled.group(1)}) that the safe loader refuses"
+                + ("; if you trust the file set ann.trust_checkpoint=true (unpickling runs its code), or save "
+                   "model.state_dict() instead" if advice else "")
             ) from exc
         obj = _load_trusted(p)
     except Exception as exc:
-        raise SnnconvError(f"cannot read ann.checkpoint={str(p)!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise SnnconvError(
+            f"{what}={str(p)!r} is not a readable PyTorch checkpoint ({_reason(exc)})"
+            + ("; pass a file written by torch.save(model.state_dict(), path)" if advice else "")
+        ) from exc
     return _extract_state_dict(obj, p.name)
+
+
+def _reason(exc: BaseException) -> str:
+    """PyTorch's multi-line load error as a short reason (without its advice for Python programmers)."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or not text.strip():
+        return "the file ends early: empty or truncated"
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    if match:
+        text = match.group(1)
+    first = " ".join(text.split()).split(". ")[0]
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -121,13 +121,51 @@ def markdown(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in fmt])
 
 
+def _latency_cell(run: Mapping, t: int) -> str:
+    """Accuracy at T, with the latency in steps when it differs from T (COS at T=1 with rho=4 is 5 steps) and the
+    pipelined latency when the method reports one: '90.84 (5 / 77)'."""
+    acc = run["snn"]["acc"].get(str(t))
+    if acc is None:
+        return "-"
+    latency = (run.get("latency_steps") or {}).get(str(t))
+    pipelined = (run.get("pipelined_latency_steps") or {}).get(str(t))
+    if pipelined is not None:
+        return f"{acc:.2f} ({latency} / {pipelined})"
+    return f"{acc:.2f}" + (f" ({latency})" if latency is not None and int(latency) != t else "")
+
+
 def pivot_markdown(runs: list[Mapping], keys: list[str] | None = None) -> str:
-    labels, Ts, table = pivot(runs, keys)
+    """Rows = runs labelled by `keys`, columns = T, cells = accuracy (latency when it is not T), then the number
+    of test images each run evaluated; the ANN accuracies below."""
+    keys = swept_keys(runs) if keys is None else keys
+    labels, Ts, _ = pivot(runs, keys)
+    by_label = {label(r, keys): r for r in runs}
     anns = {r["ann"]["acc"] for r in runs}
-    rows = [[lab, *[table[lab].get(t) for t in Ts]] for lab in labels]
-    head = ["run"] + [f"T={t}" for t in Ts]
+    rows = [[lab, *[_latency_cell(by_label[lab], t) for t in Ts], by_label[lab].get("images")] for lab in labels]
+    head = ["run"] + [f"T={t}" for t in Ts] + ["test images"]
     note = f"\n\nANN accuracy: {', '.join(f'{a:.2f}' for a in sorted(anns))} %" if anns else ""
+    if any(c.endswith(")") for row in rows for c in row[1:-1] if isinstance(c, str)):
+        note += "\n\nIn brackets: latency in time steps where it is not T (/ pipelined over all layers)."
     return markdown(head, rows) + note
+
+
+def failed_jobs(root: str | Path) -> list[dict]:
+    """Job folders below `root` without a results.json: {"dir", "error"} from their status.json (written by
+    snnconv.jobs), or error None for a job that left no status (killed, or still running). A job folder is one
+    holding Hydra's `.hydra/` or a status.json."""
+    out = []
+    root = Path(root)
+    folders = {p.parent for p in root.rglob(".hydra")} | {p.parent for p in root.rglob("status.json")}
+    for folder in sorted(folders):
+        if (folder / "results.json").is_file():
+            continue
+        error = None
+        try:
+            error = json.loads((folder / "status.json").read_text()).get("error")
+        except (OSError, ValueError):
+            pass
+        out.append({"dir": str(folder), "error": error})
+    return out
 
 
 def plot(series: Mapping[str, Mapping[int, float]], path: str | Path, title: str, ann: float | None = None) -> None:

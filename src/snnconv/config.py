@@ -10,6 +10,7 @@ ANN sources, methods), never from a second list.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -18,6 +19,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from snnconv import SnnconvError
 from snnconv.checkpoints import FORMATS
+
+
+def require(ok: bool, key: str, value: Any, valid: str, hint: str = "") -> None:
+    """Raise SnnconvError `key=value is outside its range: valid[; hint]` unless `ok`."""
+    if not ok:
+        raise SnnconvError(f"{key}={value!r} is outside its range: {valid}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass
@@ -39,6 +46,22 @@ class DataConfig:
     mean: List[float] = field(default_factory=lambda: [0.5])
     std: List[float] = field(default_factory=lambda: [0.5])
 
+    def check(self) -> None:
+        """Ranges of the data keys (any object with these attributes, e.g. the composed DictConfig node)."""
+        require(self.img_size >= 1, "data.img_size", self.img_size, "must be >= 1 (pixels; images are resized)")
+        require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        require(self.test_batch_size >= 1, "data.test_batch_size", self.test_batch_size, "must be >= 1")
+        require(self.num_workers >= -1, "data.num_workers", self.num_workers,
+                "must be >= 0 loader processes, or -1 for automatic")
+        require(self.calib_size >= 0, "data.calib_size", self.calib_size, "must be >= 0 training images")
+        require(self.cutout >= 0, "data.cutout", self.cutout, "must be >= 0 px (0 = off)")
+        require(self.limit_train >= 0, "data.limit_train", self.limit_train, "must be >= 0 (0 = all images)")
+        require(self.limit_test >= 0, "data.limit_test", self.limit_test, "must be >= 0 (0 = all images)")
+        require(self.num_classes >= 2, "data.num_classes", self.num_classes, "must be >= 2")
+        require(self.in_chans >= 1, "data.in_chans", self.in_chans, "must be >= 1")
+        require(all(v > 0 for v in self.std), "data.std", list(self.std), "must be > 0 in every channel",
+                "inputs are divided by it")
+
 
 @dataclass
 class ArchConfig:
@@ -49,6 +72,10 @@ class ArchConfig:
     maxpool: str = "keep"  # keep (refused after a spiking layer) | avg (every MaxPool2d -> AvgPool2d, same geometry)
     model_name: str = ""  # arch=torchvision | timm: the library's model name (resnet18, resnet34, vgg16_bn, ...)
     pretrained: bool = False  # arch=torchvision | timm: the library's published weights (downloaded to its cache)
+
+    def check(self) -> None:
+        require(self.width > 0, "arch.width", self.width, "must be > 0 (a channel multiplier, e.g. 0.25)")
+        require(0 <= self.dropout < 1, "arch.dropout", self.dropout, "must be in [0, 1)")
 
 
 @dataclass
@@ -63,6 +90,13 @@ class AnnConfig:
     checkpoint: Optional[str] = None  # load this state dict instead of training / the cache
     checkpoint_format: str = "auto"  # key layout of ann.checkpoint: auto | snnconv | qcfs | cos | qcfs_old | snnc | torchvision | timm
     trust_checkpoint: bool = False  # allow unpickling a whole pickled model (runs the file's code)
+
+    def check(self) -> None:
+        require(self.L >= 1, "ann.L", self.L, "must be >= 1 quantisation level")
+        require(self.init_threshold > 0, "ann.init_threshold", self.init_threshold,
+                "must be > 0 (the initial QCFS threshold lambda)", "the papers use 8.0, the CPU presets 2.0")
+        require(0 < self.percentile <= 100, "ann.percentile", self.percentile, "must be in (0, 100] (100 = max)")
+        require(self.threshold > 0, "ann.threshold", self.threshold, "must be > 0 (the RTS clip value theta)")
 
 
 @dataclass
@@ -80,6 +114,16 @@ class TrainConfig:
     channels_last: bool = False  # NHWC weights and inputs while training (faster convolutions on tensor cores)
     sync_bn: bool = False  # several ranks: BatchNorm statistics over the global batch (torch SyncBatchNorm, CUDA only)
 
+    def check(self) -> None:
+        require(self.epochs >= 0, "train.epochs", self.epochs, "must be >= 0 (0 = keep the initial weights)")
+        require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        require(0 <= self.momentum < 1, "train.momentum", self.momentum, "must be in [0, 1)")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        require(self.limit_batches >= 0, "train.limit_batches", self.limit_batches, "must be >= 0 (0 = all)")
+        require(self.save_every >= 0, "train.save_every", self.save_every,
+                "must be >= 0 epochs (0 = no resume checkpoints)")
+
 
 @dataclass
 class SnnConfig:
@@ -87,6 +131,13 @@ class SnnConfig:
     eval_batches: int = 0  # >0: evaluate only N test batches
     memory_fraction: float = 0.8  # CUDA: share of the free device memory a simulation may use (snnconv.snn.memory)
     memory_budget_gb: float = 0.0  # >0: the simulation's memory budget in GiB on any device (overrides the fraction)
+
+    def check(self) -> None:
+        require(self.time_chunk >= 0, "snn.time_chunk", self.time_chunk, "must be >= 0 (0 = auto)")
+        require(self.eval_batches >= 0, "snn.eval_batches", self.eval_batches, "must be >= 0 (0 = all batches)")
+        require(0 < self.memory_fraction <= 1, "snn.memory_fraction", self.memory_fraction, "must be in (0, 1]")
+        require(self.memory_budget_gb >= 0, "snn.memory_budget_gb", self.memory_budget_gb,
+                "must be >= 0 GiB (0 = from the device)")
 
 
 @dataclass
@@ -206,33 +257,86 @@ def validate(cfg: DictConfig) -> None:
         from snnconv.models.external import check_model_name
 
         check_model_name(cfg.arch.name, cfg.arch.model_name)
-    checks = [
-        (cfg.ann.L >= 1, "ann.L must be >= 1"),
-        (0 < cfg.ann.percentile <= 100, "ann.percentile must be in (0, 100]"),
-        (cfg.ann.threshold > 0, "ann.threshold must be > 0"),
-        (cfg.arch.width > 0, "arch.width must be > 0"),
-        (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
-        (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0 = no resume checkpoints)"),
-        (cfg.data.num_workers >= -1, "data.num_workers must be >= 0, or -1 for automatic"),
-        (cfg.snn.time_chunk >= 0, "snn.time_chunk must be >= 0 (0 = auto)"),
-        (0 < cfg.snn.memory_fraction <= 1, "snn.memory_fraction must be in (0, 1]"),
-        (cfg.snn.memory_budget_gb >= 0, "snn.memory_budget_gb must be >= 0 (0 = from the device)"),
-        (cfg.data.batch_size >= 1 and cfg.data.test_batch_size >= 1, "data batch sizes must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise SnnconvError(message)
+    for section, schema in (("data", DataConfig), ("arch", ArchConfig), ("ann", AnnConfig), ("train", TrainConfig),
+                            ("snn", SnnConfig)):
+        schema.check(cfg[section])  # each section's own ranges
     from snnconv.methods import build_method
 
     method = build_method(cfg.method)  # the method's own checks (MethodConfig.check)
-    batches, batch_size = method.calibration_images()
-    if batches * batch_size > cfg.data.calib_size:
-        raise SnnconvError(
-            f"method={method.name} calibrates on method.batches={batches} x method.batch_size={batch_size} = "
-            f"{batches * batch_size} training images but data.calib_size={cfg.data.calib_size}; raise "
-            "data.calib_size or lower method.batches / method.batch_size"
-        )
+    check_calibration_images(cfg, method.name, *method.calibration_images())
     if "finetune" in cfg:
         from snnconv.finetune import finetune_config
 
         finetune_config(cfg.finetune)  # FinetuneConfig.check
+
+
+def calibration_images_available(data) -> int:
+    """Training images the calibration subset holds: data.calib_size, capped by data.limit_train when set."""
+    return min(data.calib_size, data.limit_train) if data.limit_train > 0 else data.calib_size
+
+
+def check_calibration_images(cfg: DictConfig, method: str, batches: int, batch_size: int) -> None:
+    """Calibration images are checked only where something uses them: ReLU thresholds (ann=relu) and a method
+    whose `calibration_images()` asks for (batches, batch_size) training images; the baseline on a QCFS / RTS
+    network needs none, so data.calib_size=0 or a tiny data.limit_train is not refused there."""
+    available = calibration_images_available(cfg.data)
+    limit = f" (data.limit_train={cfg.data.limit_train} caps it)" if cfg.data.limit_train > 0 else ""
+    if cfg.ann.name == "relu" and available < 1:
+        raise SnnconvError(f"ann=relu sets its thresholds from calibration images but the calibration subset holds "
+                           f"{available}{limit}; set data.calib_size >= 1 (e.g. 1024)")
+    if batches * batch_size > available:
+        raise SnnconvError(
+            f"method={method} calibrates on method.batches={batches} x method.batch_size={batch_size} = "
+            f"{batches * batch_size} training images but the calibration subset holds {available}{limit}; raise "
+            "data.calib_size or lower method.batches / method.batch_size"
+        )
+
+
+_FITS: dict[tuple, bool] = {}  # (arch key, size) -> whether the network accepts that input size
+
+
+def check_input_size(cfg: DictConfig) -> None:
+    """The network must accept data.img_size: one forward on PyTorch's meta device (shapes only, no memory, no
+    compute; 0.1-0.6 s, so it runs once per job in `snnconv.jobs.execute`, not in every `validate`); when it
+    fails, the smallest size that works is found the same way and named in the message."""
+    if cfg.arch.name in ("torchvision", "timm"):
+        return  # built by their own factories (maybe downloading weights): their own errors apply
+
+    import torch
+
+    from snnconv.ann import act_layer
+    from snnconv.models import create_model
+
+    key = (cfg.arch.name, cfg.arch.width, cfg.arch.stem, cfg.data.num_classes, cfg.data.in_chans)
+    act = act_layer(cfg.ann)
+
+    def fits(size: int) -> bool:
+        if (key, size) not in _FITS:
+            try:
+                with torch.device("meta"), torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = create_model(cfg.arch.name, act_layer=act, num_classes=cfg.data.num_classes,
+                                         in_chans=cfg.data.in_chans, img_size=size, width=cfg.arch.width,
+                                         stem=cfg.arch.stem).eval()
+                    model(torch.empty(2, cfg.data.in_chans, size, size))
+                _FITS[(key, size)] = True
+            except Exception:
+                _FITS[(key, size)] = False
+        return _FITS[(key, size)]
+
+    size = int(cfg.data.img_size)
+    if fits(size):
+        return
+    hi = size * 2
+    while hi <= 4096 and not fits(hi):
+        hi *= 2
+    if hi > 4096:
+        return  # not a size problem: building the network fails for another reason, reported where it is built
+    lo = size  # fits(lo) is False, fits(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    raise SnnconvError(
+        f"data.img_size={size} is outside its range for arch={cfg.arch.name}: must be >= {hi} (its down-sampling "
+        f"leaves no pixels below that); set data.img_size={hi} (images are resized) or choose a smaller network"
+    )

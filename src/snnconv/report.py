@@ -1,11 +1,13 @@
 """Report a run's ``results`` dict: terminal table, local files, and (optionally) Weights & Biases.
 
-Ordering contract for callers: call :func:`write_local` FIRST, then :func:`log_wandb`. The local
-files (``results.json``, ``results.csv``, ``accuracy_vs_T.png``) are the authoritative record; W&B is a
-mirror, and :func:`log_wandb` never raises, so a W&B failure cannot lose or hide them.
+Ordering contract for callers: open a :class:`WandbRun` before training (training curves arrive live), call
+:func:`write_local` FIRST at the end, then ``WandbRun.finish(results)`` (``finish(exit_code=1)`` when the run
+fails). The local files (``results.json``, ``results.csv``, ``accuracy_vs_T.png``) are the authoritative record;
+W&B is a mirror and never raises, so a W&B failure cannot lose or hide them.
 
 ``results`` keys (see ``runner``): ``ann.acc``, ``snn.acc`` / ``snn.agreement`` (``{str(T): percent}``),
-``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``config``, and the
+``latency_steps``, optional ``pipelined_latency_steps``, ``timing_s``, ``method``, ``images`` (test images
+evaluated), ``test_images_available``, ``config``, ``config_hash``, and the
 method's result sections (e.g. ``offset_spike``, ``ftbc``), whose keys are listed in ``sections`` (every numeric
 leaf of a listed section reaches the W&B summary; no list of names here).
 With ``stats=true`` a ``stats`` section (``snnconv.stats``): its per-T totals become table / CSV / W&B columns
@@ -17,20 +19,23 @@ before fine-tuning is a table column, a CSV column, a second line in the accurac
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from snnconv.utils import atomic_write
 
 CSV_COLUMNS = ("T", "latency_steps", "pipelined_latency_steps", "snn_acc", "agreement", "ann_acc", "method",
-               "sops_per_image", "firing_rate", "energy_ratio", "snn_acc_before_finetune")
+               "sops_per_image", "firing_rate", "energy_ratio", "snn_acc_before_finetune", "test_images",
+               "test_images_available")
 STATS_COLUMNS = ("sops_per_image", "firing_rate", "energy_ratio")
 
 
@@ -106,6 +111,17 @@ def energy_line(results: Mapping) -> str | None:
     )
 
 
+def images_note(results: Mapping) -> str | None:
+    """'360 test images', or '16 of 360 test images' when only part of the test split was evaluated (what every
+    report states, so a one-batch evaluation cannot pass for a full one); None when the count is unknown."""
+    n, available = results.get("images"), results.get("test_images_available")
+    if n is None:
+        return None
+    if available is not None and int(available) != int(n):
+        return f"{int(n):,} of {int(available):,} test images"
+    return f"{int(n):,} test images"
+
+
 def format_table(results: Mapping) -> str:
     """Fixed-width per-T table (T | latency | [pipelined] | SNN acc % | [agreement %]) plus an ANN line."""
     rows = _rows(results)
@@ -124,8 +140,9 @@ def format_table(results: Mapping) -> str:
     lines = [" | ".join(head.rjust(w) for (head, _, _), w in zip(cols, widths))]
     lines.append("-+-".join("-" * w for w in widths))
     lines += [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    method = results.get("method")
-    lines.append(f"ANN acc %: {_fmt(_ann_acc(results))}" + (f"   (method: {method})" if method else ""))
+    notes = [f"method: {results['method']}"] if results.get("method") else []
+    notes += [images_note(results)] if images_note(results) else []
+    lines.append(f"ANN acc %: {_fmt(_ann_acc(results))}" + (f"   ({', '.join(notes)})" if notes else ""))
     if energy_line(results):
         lines.append(energy_line(results))
     ft = results.get("finetune")
@@ -283,7 +300,7 @@ def _plot_png(results: Mapping) -> bytes:
         }
     return plot_accuracy(
         series,
-        _title(results),
+        _title(results) + (f"\n{images_note(results)}" if images_note(results) else ""),
         ann=_ann_acc(results),
         annotate=True,
         latency_labels=labels,
@@ -292,20 +309,18 @@ def _plot_png(results: Mapping) -> bytes:
 
 
 def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` and ``accuracy_vs_T.png`` into ``out_dir`` (atomically), and with
-    a ``stats`` section ``firing_rate_per_layer.png`` and ``accuracy_vs_sops.png``."""
+    """Write ``results.csv``, ``accuracy_vs_T.png``, with a ``stats`` section ``firing_rate_per_layer.png`` and
+    ``accuracy_vs_sops.png``, and, last, ``results.json`` into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_T.png"}
-    text = json.dumps(results, indent=2, default=_json_default) + "\n"
-    atomic_write(paths["json"], text.encode())
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     ann, method = _ann_acc(results), results.get("method")
     for row in _rows(results):
-        row = {**row, "ann_acc": ann, "method": method}
+        row = {**row, "ann_acc": ann, "method": method, "test_images": results.get("images"),
+               "test_images_available": results.get("test_images_available")}
         writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
     atomic_write(paths["csv"], buf.getvalue().encode())
 
@@ -315,7 +330,41 @@ def write_local(out_dir: str | os.PathLike, results: Mapping) -> dict[str, Path]
         paths["sops_png"] = out / "accuracy_vs_sops.png"
         atomic_write(paths["firing_rate_png"], _firing_rate_png(results))
         atomic_write(paths["sops_png"], _acc_vs_sops_png(results))
+    text = json.dumps(results, indent=2, default=_json_default) + "\n"
+    atomic_write(paths["json"], text.encode())  # last: its presence means the run's files are complete
     return paths
+
+
+# Config keys that do not change what a run measures: where files are, how they are logged, how time is folded.
+_HASH_IGNORED = ("output_dir", "task_name", "logger", "checkpoint_dir", "data.root", "data.download",
+                 "data.num_workers", "train.cache", "snn.time_chunk")
+
+
+def config_hash(config: Mapping) -> str:
+    """Hex digest (16 chars) of a run's resolved config (a plain dict, as in results.json) without the keys in
+    `_HASH_IGNORED`; stored in results.json as `config_hash`, compared to skip a job already finished."""
+    data = json.loads(json.dumps(config, default=str))
+    for dotted in _HASH_IGNORED:
+        *parents, last = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished_results(digest: str, folders: Iterable[Path]) -> Path | None:
+    """The first `results.json` in `folders` whose `config_hash` equals `digest`, else None. `write_local`
+    writes results.json last, so its presence means the csv and png are complete too."""
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        try:
+            if json.loads(path.read_text()).get("config_hash") == digest:
+                return path
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _flatten_numeric(prefix: str, obj: Any, out: dict[str, Any]) -> None:
@@ -409,49 +458,93 @@ def _reinit_kwargs(wandb: Any) -> dict[str, Any]:
         return {"reinit": True}
 
 
-def log_wandb(logger_cfg: Any, results: Mapping, run_name: str, out_dir: str | os.PathLike) -> Path | None:
-    """Mirror ``results`` to W&B when ``logger_cfg.name == "wandb"``; never raises.
+class WandbRun:
+    """A W&B run opened before training, so training curves arrive while it trains, and closed with the results
+    (exit code 0) or as failed (exit code 1) when the run fails. Inert when ``logger_cfg.name != "wandb"``; no
+    method raises: a W&B failure prints one warning line and the run goes on (the local files are the record).
 
-    Per-T metrics are logged against a ``T`` step metric, plus a ``snn_acc_vs_T`` line-plot table and
-    summary keys. Returns the ``wandb/offline-run-*`` folder in offline mode, else None (also on failure,
-    after a one-line warning on stderr).
+    ``config``: the resolved run config (plain dict). ``offline_dir``: the ``wandb/offline-run-*`` folder in
+    offline mode, once finished.
     """
-    if getattr(logger_cfg, "name", "none") != "wandb":
-        return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    out = Path(out_dir)
-    mode = getattr(logger_cfg, "mode", "offline")
-    if mode == "offline":
-        # wandb 0.31's wandb.init builds its telemetry proxy from the GLOBAL settings (online unless
-        # WANDB_MODE says otherwise), which probes the server at exit even for an offline run.
-        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    try:
-        import wandb
 
-        out.mkdir(parents=True, exist_ok=True)
-        tags = getattr(logger_cfg, "tags", None)
-        run = wandb.init(
-            project=getattr(logger_cfg, "project", None),
-            entity=getattr(logger_cfg, "entity", None),
-            group=getattr(logger_cfg, "group", None),
-            tags=[str(t) for t in tags] if tags else None,
-            name=run_name,
-            mode=mode,
-            dir=str(out),
-            config=dict(results.get("config") or {}),
-            **_reinit_kwargs(wandb),
-        )
-        offline_dir = None
-        ok = False
+    def __init__(self, logger_cfg: Any, config: Mapping | None, run_name: str, out_dir: str | os.PathLike):
+        self.run: Any = None
+        self.wandb: Any = None
+        self.out = Path(out_dir)
+        self.offline_dir: Path | None = None
+        self.mode = getattr(logger_cfg, "mode", "offline")
+        if getattr(logger_cfg, "name", "none") != "wandb":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if self.mode == "offline":
+            # wandb 0.31's wandb.init builds its telemetry proxy from the GLOBAL settings (online unless
+            # WANDB_MODE says otherwise), which probes the server at exit even for an offline run.
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         try:
-            _log_run(run, wandb, results, out)
-            if mode == "offline":
-                offline_dir = Path(run.dir).parent  # run.dir is <dir>/wandb/offline-run-*/files
-            ok = True
-        finally:
-            run.finish(exit_code=0 if ok else 1)
-        return offline_dir if mode != "disabled" else None
-    except Exception as exc:
+            import wandb
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            tags = getattr(logger_cfg, "tags", None)
+            self.run = wandb.init(
+                project=getattr(logger_cfg, "project", None),
+                entity=getattr(logger_cfg, "entity", None),
+                group=getattr(logger_cfg, "group", None),
+                tags=[str(t) for t in tags] if tags else None,
+                name=run_name,
+                mode=self.mode,
+                dir=str(self.out),
+                config=dict(config or {}),
+                **_reinit_kwargs(wandb),
+            )
+            self.wandb = wandb
+            self.run.define_metric("train/step")
+            self.run.define_metric("train/*", step_metric="train/step")
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        print(f"W&B logging failed ({detail}); local results are in {out}", file=sys.stderr)
-        return None
+        print(f"W&B logging failed ({detail}); local results are in {self.out}", file=sys.stderr)
+        if self.run is not None:
+            with contextlib.suppress(Exception):
+                self.run.finish(exit_code=1)
+        self.run = None
+
+    def log(self, metrics: Mapping[str, Any]) -> None:
+        """Log one record now (e.g. ``{"train/step": 20, "train/loss": 1.2}``)."""
+        if self.run is None:
+            return
+        try:
+            self.run.log(dict(metrics))
+        except Exception as exc:
+            self._fail(exc)
+
+    def finish(self, results: Mapping | None = None, exit_code: int = 0) -> Path | None:
+        """Log ``results`` (per-T metrics against a ``T`` step metric, a ``snn_acc_vs_T`` line plot, summary
+        keys) and close the run with ``exit_code`` (non-zero: W&B marks it failed). Returns ``offline_dir``."""
+        if self.run is None:
+            return None
+        run, self.run = self.run, None
+        try:
+            if results is not None:
+                _log_run(run, self.wandb, results, self.out)
+            if self.mode == "offline":
+                self.offline_dir = Path(run.dir).parent  # run.dir is <dir>/wandb/offline-run-*/files
+        except Exception as exc:
+            exit_code = exit_code or 1
+            self.run = run
+            self._fail(exc)
+            return None
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        return self.offline_dir if self.mode != "disabled" else None
+
+
+def log_wandb(logger_cfg: Any, results: Mapping, run_name: str, out_dir: str | os.PathLike) -> Path | None:
+    """Mirror a finished run's ``results`` to W&B when ``logger_cfg.name == "wandb"`` (a `WandbRun` opened and
+    finished at once); never raises. Returns the ``wandb/offline-run-*`` folder in offline mode, else None (also
+    on failure, after a one-line warning on stderr)."""
+    return WandbRun(logger_cfg, results.get("config"), run_name, out_dir).finish(results)

@@ -32,13 +32,15 @@ from torch.utils.data import DataLoader
 
 from snnconv import SnnconvError, __version__, distributed
 from snnconv.ann import act_layer, source_class
+from snnconv.checks import remove_stale_tmp, require_writable_dir
 from snnconv.data import build_loaders
 from snnconv.device import configure_numerics, numerics_record, reset_peak_memory
 from snnconv.evaluate import evaluate
 from snnconv.finetune import finetune
 from snnconv.methods import Method, build_method
 from snnconv.models import create_model, replace_maxpool
-from snnconv.report import format_table, log_wandb, write_local
+from snnconv.progress import ProgressLoader
+from snnconv.report import WandbRun, config_hash, format_table, write_local
 from snnconv.snn import convert, default_time_chunk
 from snnconv.snn.memory import GiB, MemoryProfile, SimPlan, device_budget, plan_simulation, profile_network
 from snnconv.stats import Plan, SpikeCounter, build_plan
@@ -59,6 +61,14 @@ def resolve_device(name: str) -> torch.device:
         raise SnnconvError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SnnconvError(f"device={name!r} but CUDA is not available here; use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SnnconvError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s), "
+                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SnnconvError(f"device={name!r} but MPS (Apple-silicon GPUs under macOS) is not available here; "
+                           "use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SnnconvError(f"device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -143,14 +153,32 @@ def memory_plan(cfg, method: Method, profile: MemoryProfile, budget: int | None,
     return plan
 
 
+def check_environment(cfg, out_dir: str | Path) -> torch.device:
+    """Before any work: the device exists, the output folder and (when a trained ANN will be cached) the cache
+    folder are writable; stale temporary files of killed writes there are removed. Returns the device (before
+    `distributed.local_device` picks this rank's)."""
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    require_writable_dir(out_dir, "output_dir" if cfg.output_dir else "hydra.run.dir")
+    remove_stale_tmp(out_dir)
+    if cfg.train.cache and not cfg.ann.checkpoint:
+        require_writable_dir(cfg.checkpoint_dir, "checkpoint_dir",
+                             fix="set checkpoint_dir to a writable folder, or train.cache=false to train uncached")
+        for tmp in remove_stale_tmp(cfg.checkpoint_dir):
+            print(f"removed {tmp}, left by a write that was killed")
+    return device
+
+
 def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`."""
+    """Run the pipeline for `cfg` (a composed, validated Config) and write the outputs into `out_dir`.
+
+    W&B (logger=wandb, rank 0) is opened before training, receives the training curves, and is closed with the
+    results, or marked failed (exit code 1) when the run fails."""
     out_dir = Path(out_dir)
     distributed.init()  # no-op in one process, or when run.py / an earlier run joined already
     progress = progress and distributed.is_main()
-    seed_everything(int(cfg.seed))
     configure_numerics(cfg.numerics.allow_tf32, cfg.numerics.deterministic)
-    device = distributed.local_device(resolve_device(cfg.device))
+    device = distributed.local_device(check_environment(cfg, out_dir))
     reset_peak_memory(device)
     if cfg.train.sync_bn and distributed.is_distributed() and device.type != "cuda":
         raise SnnconvError(
@@ -158,6 +186,23 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
             "use train.sync_bn=false here"
         )
     distributed.check_global_batch(int(cfg.data.batch_size))
+    logger = cfg.logger if distributed.is_main() else None
+    wb = WandbRun(logger, OmegaConf.to_container(cfg, resolve=True), cfg.task_name, out_dir)
+    try:
+        results = _pipeline(cfg, out_dir, device, progress, wb)
+    except BaseException:
+        wb.finish(exit_code=1)
+        raise
+    wb.finish(results)
+    distributed.barrier()  # the files exist when any rank returns
+    if progress:
+        print(format_table(results))
+        print(f"results in {out_dir}")
+    return results
+
+
+def _pipeline(cfg, out_dir: Path, device: torch.device, progress: bool, wb: WandbRun) -> dict:
+    seed_everything(int(cfg.seed))
     T_list = sorted({int(t) for t in cfg.T})
     T_max = T_list[-1]
     timing: dict[str, float] = {}
@@ -169,21 +214,23 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     budget = device_budget(device, cfg.snn.memory_fraction, cfg.snn.memory_budget_gb)
     profile = profile_network(model, (loaders.in_chans, cfg.data.img_size, cfg.data.img_size))
     plans = {ph: p for ph in ("evaluate", "calibrate") if (p := memory_plan(cfg, method, profile, budget, device, ph))}
-    example = next(iter(loaders.calib))[0][:1].to(device)
+    example = next(iter(loaders.test))[0][:1].to(device)  # shapes only; the calibration subset may be empty
     plan = stats_plan(cfg, model, example)
     train_loader = distributed.distributed_train_loader(loaders.train, int(cfg.seed))  # B / W images per rank
-    ann_info = load_or_train(cfg, model, train_loader, device, progress)
+    ann_info = load_or_train(cfg, model, train_loader, device, progress, log=wb.log)
     timing["train"] = round(ann_info.pop("seconds"), 3)
     model.eval()
 
     start = time.perf_counter()
     calib = distributed.shard_batches(loaders.calib)  # this rank's whole batches of the calibration subset
+    calib = ProgressLoader(calib, f"{cfg.ann.name} calibration", disable=not progress)
     source_info = source_class(cfg.ann.name).calibrate(model, calib, cfg.ann, device)
     snn = convert(model, example)
     n_spiking = len(snn.neurons())
     time_chunk = int(cfg.snn.time_chunk) or default_time_chunk(device, T_max)  # fine-tuning's (not planned)
     calib_chunk = plans["calibrate"].chunk if "calibrate" in plans else time_chunk
     eval_chunk, micro = plans["evaluate"].chunk, plans["evaluate"].micro_batch
+    method.progress = progress
     batches = calibration_batches(loaders, *method.calibration_images(), device)
     tuning = cfg.finetune.name != "none"
     # causal calibrations (FTBC's biases) cover the fine-tuning steps too when finetune.T > max(T)
@@ -216,6 +263,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         "latency_steps": {t: v["latency_steps"] for t, v in latency.items()},
         "timing_s": timing,
         "images": ev["images"],
+        "test_images_available": len(loaders.test.dataset),
         "time_chunk": eval_chunk,
         "memory_plan": {
             phase: {"time_chunk": plan.chunk, "micro_batch": plan.micro_batch,
@@ -241,11 +289,7 @@ def run(cfg, out_dir: str | Path, progress: bool = True) -> dict:
     results.update(sections)
     results["sections"] = list(sections)
 
+    results["config_hash"] = config_hash(results["config"])
     if distributed.is_main():
         write_local(out_dir, results)
-        log_wandb(cfg.logger, results, run_name=f"{cfg.task_name}", out_dir=out_dir)
-    distributed.barrier()  # the files exist when any rank returns
-    if progress:
-        print(format_table(results))
-        print(f"results in {out_dir}")
     return results

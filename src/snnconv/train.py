@@ -26,7 +26,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ def train_ann(
     device: torch.device,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    log: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train in place: SGD(momentum, weight decay) with a per-iteration cosine schedule over all epochs.
 
@@ -143,6 +144,9 @@ def train_ann(
     (B / W images of each global batch, shuffled by seed + epoch; its sampler's `set_epoch` is called every epoch)
     as the runner builds it. Call on every rank. Returns {"epochs", "loss", "train_acc"} of the last epoch, over
     all ranks (and "resumed_from_epoch" when a checkpoint was resumed).
+    `log` (e.g. `report.WandbRun.log`) receives the running loss / accuracy (%) / learning rate every 20 steps
+    as `train/step`, `train/loss`, `train/acc`, `train/lr` (this rank's), and `train/epoch_loss` /
+    `train/epoch_acc` per epoch (all ranks').
 
     Speed (train.*): `amp` = bf16 autocast on CUDA (weights, optimizer state and the loss stay fp32; no loss
     scaling is needed with bf16's 8-bit exponent, the scaler is saved disabled), `channels_last` = NHWC weights and
@@ -166,7 +170,12 @@ def train_ann(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     state = None
     if ckpt is not None and distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, next to the cache
+        except Exception as exc:  # a file no run could have finished writing: every rank starts over
+            print(f"warning: resume checkpoint {ckpt} is unreadable ({' '.join(str(exc).split())[:160]}); "
+                  f"training from the first epoch", file=sys.stderr)
+    if state is not None:
         model.load_state_dict(state["model"])
     net = _distributed_net(model, train_cfg, device)
     inner = net.module if isinstance(net, DistributedDataParallel) else net
@@ -217,8 +226,12 @@ def train_ann(
             loss_sum += loss.detach() * y.numel()
             correct += (out.detach().argmax(-1) == y).sum()
             seen += y.numel()
-            if progress and i % 20 == 0:  # the only host syncs of an epoch, besides its end
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", refresh=False)
+            if (progress or log is not None) and i % 20 == 0:  # the only host syncs of an epoch, besides its end
+                running_loss, running_acc = loss_sum.item() / seen, 100 * correct.item() / seen
+                bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_acc:.1f}", refresh=False)
+                if log is not None:
+                    log({"train/step": epoch * steps_per_epoch + i + 1, "train/loss": running_loss,
+                         "train/acc": running_acc, "train/lr": sched.get_last_lr()[0]})
         sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
         loss_total, correct_total, seen_total = distributed.all_reduce_sum(sums).tolist()  # over all ranks
         if not math.isfinite(loss_total):
@@ -226,12 +239,15 @@ def train_ann(
         stats.update(
             loss=round(loss_total / max(seen_total, 1), 5), train_acc=round(100 * correct_total / max(seen_total, 1), 3)
         )
+        if log is not None:
+            log({"train/step": (epoch + 1) * steps_per_epoch, "train/epoch": epoch + 1,
+                 "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["train_acc"]})
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_acc']:.2f}%")
         last = epoch + 1 == epochs
         if ckpt is not None and save_every > 0 and ((epoch + 1) % save_every == 0 or last) and distributed.is_main():
-            atomic_save(
-                {
+            try:
+                atomic_save({
                     "model": inner.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
@@ -239,9 +255,11 @@ def train_ann(
                     "epoch": epoch + 1,
                     "rng": _rng_state(loader),
                     "stats": {k: v for k, v in stats.items() if k != "resumed_from_epoch"},
-                },
-                ckpt,
-            )
+                }, ckpt)
+            except (OSError, RuntimeError) as exc:
+                print(f"warning: resume checkpoint {ckpt} could not be written ({' '.join(str(exc).split())}); "
+                      f"training goes on without resume checkpoints", file=sys.stderr)
+                ckpt = None
     if inner is not model:
         model.load_state_dict(inner.state_dict())
         distributed.broadcast_module(model)  # BN buffers without sync_bn differ per rank: keep rank 0's
@@ -255,14 +273,16 @@ def _short_list(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", trust: bool = False) -> str:
+def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", trust: bool = False,
+               what: str = "ann.checkpoint") -> str:
     """Load `path` into `model`, its keys renamed from layout `fmt` first (`snnconv.checkpoints`), refusing
-    missing / unexpected / mis-shaped keys with a one-line SnnconvError. Returns the layout used (`auto` resolved).
+    unreadable files and missing / unexpected / mis-shaped keys with a one-line SnnconvError that names `what`
+    (the setting or cache file the path came from). Returns the layout used (`auto` resolved).
 
     A source's `optional_state` entries may be absent (ReLU thresholds: set from calibration data after loading);
     the name ReLU thresholds had before they were called `threshold` (`snn_threshold`) is read as `threshold`.
     """
-    state = read_checkpoint(path, trust)
+    state = read_checkpoint(path, trust, what=what)
     own = model.state_dict()
     optional = {
         f"{name}.{key}" for name, m in modules_of_type(model, SourceActivation).items() for key in m.optional_state
@@ -282,7 +302,7 @@ def load_state(model: nn.Module, path: str | os.PathLike, fmt: str = "snnconv", 
         if shape:
             parts.append(f"shape mismatch at {_short_list(shape)}")
         raise SnnconvError(
-            f"ann.checkpoint {Path(path).name} (read as layout {used}) does not fit arch={model.__class__.__name__} "
+            f"{what} {Path(path).name} (read as layout {used}) does not fit arch={model.__class__.__name__} "
             "with this ann source: " + "; ".join(parts)
             + " (check arch.*, ann.name, data.num_classes, or set ann.checkpoint_format)"
         )
@@ -334,7 +354,25 @@ def cache_lock(path: Path, progress: bool = True) -> Iterator[None]:
             fh.close()
 
 
-def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, progress: bool = True) -> dict:
+def check_thresholds(model: nn.Module, what: str) -> None:
+    """Every loaded activation threshold (a QCFS lambda, any module's `threshold` tensor) must be > 0: a neuron
+    with theta <= 0 fires at every step whatever its input. Raises SnnconvError naming the first bad layer."""
+    for name, module in model.named_modules():
+        theta = getattr(module, "threshold", None)
+        if isinstance(theta, torch.Tensor) and theta.numel() and not bool((theta > 0).all()):
+            raise SnnconvError(
+                f"{what}: the threshold (QCFS lambda) of layer {name} is {float(theta.detach().min()):.4g}, outside its range: "
+                "must be > 0; check that the file is a trained checkpoint of this network and ann source"
+            )
+
+
+def cache_path(cfg) -> Path:
+    """Where the ANN that `cfg` trains is cached: <checkpoint_dir>/<data>-<arch>-<ann>-<cache_key>.pt."""
+    return Path(cfg.checkpoint_dir) / f"{cfg.data.name}-{cfg.arch.name}-{cfg.ann.name}-{cache_key(cfg)}.pt"
+
+
+def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, progress: bool = True,
+                  log: Callable[[dict], None] | None = None) -> dict:
     """Fill `model`'s weights: from ann.checkpoint, from the cache, or by training (then cached).
 
     With the cache on, training holds the entry's lock (`cache_lock`; a job that finds it held waits, then loads
@@ -343,29 +381,45 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
     it by the finished ANN. Several ranks: call on every rank; rank 0 decides (cache hit or not), trains with the
     others, alone writes the entry, and the others load it after a barrier. Returns {"source":
     checkpoint|cache|trained, "path", "seconds", "key", and train stats when trained}.
+    A cache file that cannot be read or does not fit is reported as a cache problem (one warning line) and the
+    ANN is retrained; a cache that cannot be written after training is a warning too (the run goes on and writes
+    its results). `log` receives training curves (see `train_ann`).
     """
     start = time.perf_counter()
     if cfg.ann.checkpoint:
         used = load_state(model, cfg.ann.checkpoint, cfg.ann.checkpoint_format, cfg.ann.trust_checkpoint)
+        check_thresholds(model, f"ann.checkpoint {Path(cfg.ann.checkpoint).name}")
         info = {"source": "checkpoint", "path": str(cfg.ann.checkpoint), "checkpoint_format": used}
         return {**info, "seconds": time.perf_counter() - start}
     key = cache_key(cfg)
-    path = Path(cfg.checkpoint_dir) / f"{cfg.data.name}-{cfg.arch.name}-{cfg.ann.name}-{key}.pt"
+    path = cache_path(cfg)
     if not cfg.train.cache:
-        stats = train_ann(model, train_loader, cfg.train, device, progress)
+        stats = train_ann(model, train_loader, cfg.train, device, progress, log=log)
         return {"source": "trained", "path": None, "key": key, **stats, "seconds": time.perf_counter() - start}
     with cache_lock(path, progress):
         if distributed.broadcast_object(path.is_file()):  # rank 0, holding the lock, decides for every rank
-            load_state(model, path)
-            if progress:
-                print(f"ANN loaded from cache {path}")
-            return {"source": "cache", "path": str(path), "key": key, "seconds": time.perf_counter() - start}
+            try:
+                load_state(model, path, what="cache file")
+                check_thresholds(model, f"cache file {path.name}")
+                if progress:
+                    print(f"ANN loaded from cache {path}")
+                return {"source": "cache", "path": str(path), "key": key, "seconds": time.perf_counter() - start}
+            except SnnconvError as exc:  # every rank reads the same file: all of them retrain
+                if distributed.is_main():
+                    print(f"warning: {exc}; training the ANN again and replacing the cache file", file=sys.stderr)
         resume = resume_path(path)
-        stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume)
+        stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume, log=log)
+        saved = True
         if distributed.is_main():
-            atomic_save(model.state_dict(), path)
-            resume.unlink(missing_ok=True)
-        distributed.barrier()
-        if not distributed.is_main():
+            try:
+                atomic_save(model.state_dict(), path)
+                resume.unlink(missing_ok=True)
+            except (OSError, RuntimeError) as exc:
+                print(f"warning: the trained ANN could not be cached in {path.parent} ({' '.join(str(exc).split())});"
+                      f" the run goes on without caching it", file=sys.stderr)
+                saved = False
+        saved = distributed.broadcast_object(saved)
+        if saved and not distributed.is_main():
             load_state(model, path)  # what rank 0 wrote (the same weights it broadcast after training)
-    return {"source": "trained", "path": str(path), "key": key, **stats, "seconds": time.perf_counter() - start}
+    return {"source": "trained", "path": str(path) if saved else None, "key": key, **stats,
+            "seconds": time.perf_counter() - start}

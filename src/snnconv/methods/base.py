@@ -68,6 +68,7 @@ class Method:
     # False: a calibration batch's result depends on the whole batch (FTBC's per-step channel means), so the
     # memory planner must not split it into micro-batches (snnconv.snn.memory)
     calibration_splits: ClassVar[bool] = True
+    progress = False  # set by the runner: show a progress bar for a calibration longer than a few seconds
 
     def __init__(self, cfg: Any = None):
         self.cfg = to_config(self.Config, cfg)

@@ -57,6 +57,7 @@ Deviations from the released code (specs/ftbc_reference_code.md):
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,11 +69,15 @@ from snnconv import SnnconvError, distributed
 from snnconv.ann.base import SourceActivation
 from snnconv.methods.base import Method, MethodConfig
 from snnconv.methods.registry import register_method
+from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.neuron import Controller, IFNeuron, if_step
 from snnconv.utils import capture_outputs, eval_mode, modules_of_type
 
 UPDATES = ("residual", "oracle")
+# Largest step size measured stable: with 32 updates per bias alpha 0.1 / 0.3 / 0.5 gave 82.2 / 82.9 / 82.6 % at
+# T=1 on VGG16 w/4 QCFS (Fashion-MNIST), 0.7 collapsed to 37.0 % (docs/notes.md); alpha=50 fell to chance.
+ALPHA_STABLE = 0.5
 
 
 @dataclass
@@ -89,11 +94,19 @@ class FTBCConfig(MethodConfig):
 
     def check(self) -> None:
         super().check()
-        self.require(self.alpha > 0, f"method.alpha={self.alpha} must be > 0 (the bias update's step size)")
+        self.require(0 < self.alpha <= 1, f"method.alpha={self.alpha} is outside its range: must be in (0, 1] (the "
+                     f"bias update's step size; larger steps overshoot, {ALPHA_STABLE} and below measured stable)")
         self.require(self.iterations >= 1, f"method.iterations={self.iterations} must be >= 1")
         self.require(self.batches >= 1, f"method.batches={self.batches} must be >= 1")
         self.require(self.batch_size >= 1, f"method.batch_size={self.batch_size} must be >= 1")
         self.require(self.update in UPDATES, f"method.update={self.update!r} is not one of {', '.join(UPDATES)}")
+
+
+def warn_step_size(alpha: float) -> None:
+    """One warning line on stderr for a step size above the largest measured stable (`ALPHA_STABLE`)."""
+    if alpha > ALPHA_STABLE:
+        print(f"warning: method.alpha={alpha} is above {ALPHA_STABLE}, the largest FTBC step size measured stable "
+              "(0.7 collapsed VGG16 w/4 from 82.6 to 37.0 % at T=1, docs/notes.md)", file=sys.stderr)
 
 
 def channel_mean(x: torch.Tensor, accumulate: torch.dtype = torch.float64) -> torch.Tensor:
@@ -247,6 +260,7 @@ class FTBC(Method):
         batches = list(batches)
         if not batches:
             raise SnnconvError("FTBC needs at least one calibration batch")
+        warn_step_size(self.alpha)
         neurons = snn.neurons()
         check_T_independent(neurons)
         acts = source_activations(ann, list(neurons))
@@ -254,7 +268,9 @@ class FTBC(Method):
         ctrls = {n: FTBCController(self.alpha, self.update, steps, self.iterations) for n in neurons}
         clear_biases(neurons)
         try:
-            with eval_mode(ann, snn):
+            bar = progress_bar(None, total=self.iterations * len(batches), desc=f"{self.name} calibration",
+                               disable=not self.progress, leave=False)
+            with eval_mode(ann, snn), bar:
                 for it in range(self.iterations):
                     for x in batches:
                         targets = ann_targets(ann, acts, x, full=self.update == "oracle")
@@ -267,6 +283,7 @@ class FTBC(Method):
                         snn(x, steps, time_chunk, self.first_chunk)
                         for ctrl in ctrls.values():
                             ctrl.target = ctrl._v_oracle = None
+                        bar.update(1)
         finally:
             for neuron in neurons.values():
                 neuron.controllers = ()
