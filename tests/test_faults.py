@@ -361,6 +361,12 @@ class _FakeWandb:
         def line(*args, **kwargs):
             return "line"
 
+        bar = scatter = line
+
+    class Image:
+        def __init__(self, path):
+            pass
+
     def __init__(self):
         self.records, self.finished, self.phase = [], [], "init"
         fake = self
