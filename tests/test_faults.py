@@ -177,7 +177,10 @@ CASES = COMPOSITION + [
     # folders and launcher
     (["hydra.run.dir={tmp}/a_file/run"], "hydra.run.dir", "config"),
     (["checkpoint_dir={tmp}/a_file/ckpt"], "checkpoint_dir", "config"),
-    (["-m", "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep"], "srun", "config"),
+    # with the plugin (pip install -e '.[slurm]'): no srun on this machine; without it (CI): install the plugin
+    (["-m", "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep"],
+     "srun" if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") else "pip install -e '.[slurm]'",
+     "config"),
     (["-m", "hydra.sweep.dir={tmp}/a_file/sweep", "seed=1,2"], "hydra.sweep.dir", "config"),
     # checkpoints
     (["ann.checkpoint={tmp}/missing.pt"], "does not exist", "load"),
