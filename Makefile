@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv/ and install the project with its dev tools
 
-demo: $(STAMP)  ## the main job on the embedded default (digits, ResNet-20, QCFS L=4, baseline), a few minutes on 2 CPU cores
-	$(PY) run.py
+# make demo: one ANN trained (and cached), then every method on it in one Hydra multirun, then one comparison table.
+DEMO_METHODS ?= baseline,offset_spike,ftbc,ftbc_offset_spike
+DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+demo: $(STAMP)  ## every method on one ANN (embedded digits, ResNet-20, QCFS L=4): one comparison table, < 5 min on 2 cores
+	$(PY) run.py -m experiment=demo method=$(DEMO_METHODS) hydra.sweep.dir=$(DEMO_DIR)
+	@echo; echo "== make demo: every method on the same ANN ($(DEMO_DIR)/collect.md)"
+	@$(PY) scripts/collect.py $(DEMO_DIR) --compare-only
 
 test: $(STAMP)  ## the test suite (slow tests excluded)
 	$(PY) -m pytest -q

@@ -90,3 +90,15 @@ def test_collect_keeps_latency_and_lists_jobs_without_results(tmp_path):
     assert "| method.passes=1 | 70.00 (5 / 61) | 80.00 (6 / 62) | 100 |" in out  # COS at T=1: 5 steps
     assert "2 of 4 jobs have no results (not in the table):" in out
     assert "- 2_p0: method.passes must be >= 1" in out and "- 3_killed: no status (killed, or still running)" in out
+
+
+def test_swept_keys_drop_the_keys_that_follow_from_the_method(tmp_path):
+    """method=baseline,ftbc: FTBC's own fields (None for the baseline) differ too but add no row of their own;
+    a second swept key that does split runs of one method is kept."""
+    fake_run(tmp_path / "0", "baseline", None, None, {1: 10.0})
+    fake_run(tmp_path / "1", "ftbc", 0.5, None, {1: 80.0})
+    assert swept_keys(load_runs(tmp_path)) == ["method.name"]
+    fake_run(tmp_path / "2", "ftbc", 0.3, None, {1: 85.0})
+    assert swept_keys(load_runs(tmp_path)) == ["method.alpha", "method.name"]
+    fake_run(tmp_path / "3", "offset_spike", None, 2, {1: 70.0})
+    assert swept_keys(load_runs(tmp_path)) == ["method.alpha", "method.name"]  # passes follows from the method

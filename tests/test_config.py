@@ -52,6 +52,17 @@ def test_defaults_are_the_embedded_demo(compose_cfg):
     assert list(cfg.T) == [1, 2, 4, 8, 16, 32]
 
 
+def test_make_demo_preset_gives_ftbc_its_light_calibration_and_debug_still_wins(compose_cfg):
+    """experiment=demo sets FTBC's calibration through conf/method_experiment/ (a method's settings in a preset);
+    the other methods compose without FTBC's keys, and debug=fast (after it in the defaults) still overrides."""
+    ftbc = compose_cfg("experiment=demo", "method=ftbc_offset_spike")
+    assert (ftbc.method.iterations, ftbc.method.batches, ftbc.method.batch_size) == (2, 4, 64)
+    assert ftbc.method.rho == 4 and ftbc.data.img_size == 16 and list(ftbc.T) == [1, 2, 4, 8, 16]
+    assert compose_cfg("experiment=demo", "method=ftbc", "debug=fast").method.batches == 1
+    assert compose_cfg("method=ftbc").method.batches == 8  # outside the preset: the paper's settings
+    assert "batches" not in compose_cfg("experiment=demo", "method=offset_spike").method
+
+
 @pytest.mark.parametrize(
     "override",
     [("T=4",), ("T=[a]",), ("data.bogus=1",), ("ann.L=four",), ("method=ftbc", "method.alpha=x"), ("seed=1.5",),

@@ -41,11 +41,20 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def swept_keys(runs: Iterable[Mapping]) -> list[str]:
-    """Config keys (dotted) whose value differs between runs."""
+    """Config keys (dotted) whose value differs between runs, without those that follow from another: with
+    `method=baseline,ftbc` only `method.name`, not FTBC's `method.alpha` that differs along with it. Keys are
+    taken in order, `*.name` first, and one is kept only if it splits a group of runs that the kept ones do not."""
     flats = [_flatten(r.get("config") or {}) for r in runs]
-    keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1]
-    return [k for k in varying if not k.startswith(_IGNORED_PREFIXES)]
+    keys = sorted({k for f in flats for k in f}, key=lambda k: (not k.endswith(".name"), k))
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1 and not k.startswith(_IGNORED_PREFIXES)]
+    kept: list[str] = []
+    groups = 1
+    for k in varying:
+        split = len({tuple(json.dumps(f.get(j)) for j in [*kept, k]) for f in flats})
+        if split > groups:
+            kept.append(k)
+            groups = split
+    return sorted(kept)
 
 
 def label(run: Mapping, keys: list[str], short: bool = False) -> str:

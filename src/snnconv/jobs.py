@@ -257,7 +257,7 @@ def safe_dirname(text: str, limit: int = 150) -> str:
 
 
 # Config groups that the defaults list chooses by itself (not a user's choice), hidden from --help.
-INTERNAL_GROUPS = ("method_data", "method_debug", "preset")
+INTERNAL_GROUPS = ("method_data", "method_debug", "method_experiment", "preset")
 
 
 def help_groups() -> str:
