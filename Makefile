@@ -59,6 +59,7 @@ CPU_OUT ?= outputs/reproduce-cpu
 CPU_JOBS ?= 2
 CPU_THREADS ?= 1
 CPU_TEST_IMAGES ?= 5000
+CPU_ARGS ?=   # more overrides for every cell, e.g. CPU_ARGS='data.root=/data checkpoint_dir=/ckpt'
 CPU_EXPS := cpu_fmnist_resnet20_qcfs cpu_fmnist_vgg16w4_qcfs cpu_fmnist_vgg16w4_relu
 CPU_METHODS := offset_spike ftbc ftbc_offset_spike
 CPU_RUN = OMP_NUM_THREADS=$(CPU_THREADS) $(PY)
@@ -76,7 +77,7 @@ reproduce-cpu: $(STAMP)  ## Fashion-MNIST: 3 ANNs x {baseline, COS, FTBC, FTBC+C
 $(CPU_OUT)/%/.done: | $(STAMP)  # one cell: % = <experiment>/<method>; the method's cell waits for the ANN (below)
 	rm -rf $(@D) && mkdir -p $(@D)
 	$(CPU_RUN) run.py experiment=$(patsubst %/,%,$(dir $*)) method=$(notdir $*) data.limit_test=$(CPU_TEST_IMAGES) \
-	  hydra.run.dir=$(@D) > $(@D)/stdout.log 2>&1 || { tail -5 $(@D)/stdout.log; exit 1; }
+	  $(CPU_ARGS) hydra.run.dir=$(@D) > $(@D)/stdout.log 2>&1 || { tail -5 $(@D)/stdout.log; exit 1; }
 	touch $@
 
 $(foreach e,$(CPU_EXPS),$(foreach m,$(CPU_METHODS),$(eval $(CPU_OUT)/$(e)/$(m)/.done: $(CPU_OUT)/$(e)/baseline/.done)))
@@ -84,7 +85,7 @@ $(foreach e,$(CPU_EXPS),$(foreach m,$(CPU_METHODS),$(eval $(CPU_OUT)/$(e)/$(m)/.
 $(CPU_OUT)/alpha_sweep/.done: $(CPU_OUT)/cpu_fmnist_vgg16w4_qcfs/baseline/.done
 	rm -rf $(@D) && mkdir -p $(@D)
 	$(CPU_RUN) run.py -m experiment=cpu_fmnist_vgg16w4_qcfs method=ftbc method.alpha=0.1,0.3,0.5,0.7 'T=[1,2,4,8]' \
-	  data.limit_test=$(CPU_TEST_IMAGES) hydra.sweep.dir=$(@D) > $(@D)/stdout.log 2>&1 || { tail -5 $(@D)/stdout.log; exit 1; }
+	  data.limit_test=$(CPU_TEST_IMAGES) $(CPU_ARGS) hydra.sweep.dir=$(@D) > $(@D)/stdout.log 2>&1 || { tail -5 $(@D)/stdout.log; exit 1; }
 	touch $@
 
 BENCH_ARGS_simulation := --images 500
