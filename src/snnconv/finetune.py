@@ -269,7 +269,6 @@ def finetune(
     zo_gen = torch.Generator(device=device).manual_seed(int(seed))
     sparsity = BackwardSparsity()
     train = TrainingSpike(local_gradient(cfg, zo_gen), bool(cfg.detach_reset), sparsity)
-    names = {neuron: name for name, neuron in snn.neurons().items()}
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -315,7 +314,7 @@ def finetune(
     epochs_done = total / per_epoch
     snn_step = sorted(step_times[1:] or step_times)[len(step_times[1:] or step_times) // 2]
     ann_step = _ann_step_seconds(ann, loader, cfg, device)
-    layers = {names[key]: round(sparsity.share(key), 6) for key in sparsity.total}
+    layers = {name: round(sparsity.share(n), 6) for name, n in snn.neurons().items() if n in sparsity.total}
     zero = sum(float(sparsity.zero[k]) for k in sparsity.total)
     count = sum(sparsity.total.values())
     rule = train.rule
