@@ -172,6 +172,9 @@ def _title(results: Mapping) -> str:
         return node.get("name") if isinstance(node, Mapping) else node
 
     parts = [results.get("method") or name("method"), name("arch"), name("data")]
+    ft = results.get("finetune")
+    if isinstance(ft, Mapping):
+        parts[0] = f"{parts[0]} + {ft.get('name')} (T={ft.get('T')})"
     return " | ".join(str(p) for p in parts if p) or "SNN accuracy"
 
 
