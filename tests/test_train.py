@@ -167,3 +167,48 @@ def test_cache_key_ignores_speed_options_but_not_amp(tmp_path):
     assert cache_key(tiny_cfg(tmp_path, "train.save_every=5", "train.channels_last=true", "data.num_workers=4")) == base
     assert cache_key(tiny_cfg(tmp_path, "train.amp=true")) != base
     assert resume_path(Path("c/x-1.pt")) == Path("c/x-1.resume.pt")
+
+
+def test_loaded_thresholds_unset_relu_passes_nonpositive_or_nan_lambda_refused():
+    """check_thresholds (run on every loaded checkpoint and cache entry): a ReLU source's threshold is NaN until
+    calibration sets it from data, so a cache entry written before calibration must load (it used to be refused,
+    and every ann=relu run after the first retrained its ANN); a set threshold <= 0 and a NaN QCFS lambda are
+    refused naming the layer."""
+    from snnconv import SnnconvError
+    from snnconv.ann.qcfs import QCFS
+    from snnconv.ann.relu import ReLUAct
+    from snnconv.train import check_thresholds
+
+    relu = create_model("resnet20", act_layer=ReLUAct, num_classes=10, in_chans=1, img_size=16, width=0.25)
+    assert all(torch.isnan(m.threshold).all() for m in relu.modules() if isinstance(m, ReLUAct))
+    check_thresholds(relu, "cache file x.pt")  # unset: fine
+    first = next(m for m in relu.modules() if isinstance(m, ReLUAct))
+    first.threshold = torch.tensor(-1.0)
+    with pytest.raises(SnnconvError, match=r"the threshold of layer \S+ is -1, outside its range"):
+        check_thresholds(relu, "cache file x.pt")
+    qcfs = create_model("resnet20", act_layer=lambda: QCFS(L=4, init_threshold=2.0), num_classes=10, in_chans=1,
+                        img_size=16, width=0.25)
+    check_thresholds(qcfs, "ann.checkpoint q.pt")
+    with torch.no_grad():
+        next(m for m in qcfs.modules() if isinstance(m, QCFS)).threshold.fill_(float("nan"))
+    with pytest.raises(SnnconvError, match=r"threshold \(QCFS lambda\) of layer \S+ is nan"):
+        check_thresholds(qcfs, "ann.checkpoint q.pt")
+
+
+def test_a_relu_ann_is_trained_once_then_loaded_from_the_cache(tmp_path):
+    """ann=relu end to end twice on one cache folder: the second run loads the cached ANN (no training) and its
+    percentile thresholds equal the first run's (both from the same calibration images)."""
+    from tests.conftest import compose_config
+
+    from snnconv.config import validate
+    from snnconv.runner import run
+
+    results = []
+    for i in range(2):
+        cfg = compose_config(f"checkpoint_dir={tmp_path / 'ckpt'}", "ann=relu", "data.img_size=16", "train.epochs=1",
+                             "data.limit_train=256", "data.limit_test=64", "data.calib_size=64", "T=[1,2]")
+        validate(cfg)
+        results.append(run(cfg, tmp_path / f"run{i}", progress=False))
+    assert [r["ann"]["source"] for r in results] == ["trained", "cache"]
+    assert results[1]["ann"]["acc"] == results[0]["ann"]["acc"]
+    assert results[1]["ann"]["snn_thresholds"] == results[0]["ann"]["snn_thresholds"]

@@ -356,14 +356,20 @@ def cache_lock(path: Path, progress: bool = True) -> Iterator[None]:
 
 def check_thresholds(model: nn.Module, what: str) -> None:
     """Every loaded activation threshold (a QCFS lambda, any module's `threshold` tensor) must be > 0: a neuron
-    with theta <= 0 fires at every step whatever its input. Raises SnnconvError naming the first bad layer."""
+    with theta <= 0 fires at every step whatever its input. A threshold that the source sets after loading (its
+    `optional_state`, e.g. ReLU's percentile threshold: NaN until `calibrate`) may be unset (all NaN) in the
+    file. Raises SnnconvError naming the first bad layer."""
     for name, module in model.named_modules():
         theta = getattr(module, "threshold", None)
-        if isinstance(theta, torch.Tensor) and theta.numel() and not bool((theta > 0).all()):
-            raise SnnconvError(
-                f"{what}: the threshold (QCFS lambda) of layer {name} is {float(theta.detach().min()):.4g}, outside its range: "
-                "must be > 0; check that the file is a trained checkpoint of this network and ann source"
-            )
+        if not isinstance(theta, torch.Tensor) or not theta.numel() or bool((theta > 0).all()):
+            continue
+        if "threshold" in getattr(module, "optional_state", ()) and bool(torch.isnan(theta).all()):
+            continue  # not set yet: calibration sets it from data
+        kind = "threshold (QCFS lambda)" if type(module).__name__.startswith("QCFS") else "threshold"
+        raise SnnconvError(
+            f"{what}: the {kind} of layer {name} is {float(theta.detach().min()):.4g}, outside its range: "
+            "must be > 0; check that the file is a trained checkpoint of this network and ann source"
+        )
 
 
 def cache_path(cfg) -> Path:
