@@ -118,6 +118,14 @@ class _Capture:
 # (overrides, a fragment of the one-line message, stage). Stage "config": refused before any data is loaded;
 # "load": refused after the data set is opened (the checkpoint must be matched against the network), before any
 # training. {bad} is the folder of bad checkpoint files, {tmp} the earlier run's root.
+def _installed(module: str) -> bool:
+    """find_spec of a submodule raises when its parent package (here the hydra_plugins namespace) is absent."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 COMPOSITION = [  # type and key errors: Hydra's own report folded into one line
     (["T=4"], "T", "config"),
     (["data.bogus=1"], "bogus", "config"),
@@ -179,7 +187,7 @@ CASES = COMPOSITION + [
     (["checkpoint_dir={tmp}/a_file/ckpt"], "checkpoint_dir", "config"),
     # with the plugin (pip install -e '.[slurm]'): no srun on this machine; without it (CI): install the plugin
     (["-m", "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep"],
-     "srun" if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") else "pip install -e '.[slurm]'",
+     "srun" if _installed("hydra_plugins.hydra_submitit_launcher") else "pip install -e '.[slurm]'",
      "config"),
     (["-m", "hydra.sweep.dir={tmp}/a_file/sweep", "seed=1,2"], "hydra.sweep.dir", "config"),
     # checkpoints
