@@ -63,14 +63,14 @@ class _StartupErrors:
                 return message if name.endswith("SnnconvError") else f"{message} ({name.rsplit('.', 1)[-1]})"
         plugin = _MISSING_PLUGIN.search(text)
         if plugin:  # Hydra's "Could not load 'hydra/launcher/submitit_slurm'" names no fix
-            return (f"hydra/{plugin.group(1)}={plugin.group(2)} needs Hydra's submitit launcher plugin, "
+            return (f"hydra/launcher={plugin.group(1)} needs Hydra's submitit launcher plugin, "
                     "which is not installed: pip install -e '.[slurm]' (hydra-submitit-launcher)")
         text = text.split("Config search path")[0]  # Hydra's search-path dump is noise here
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return "; ".join(ln for ln in lines if "HYDRA_FULL_ERROR" not in ln) or "invalid command line"
 
 
-_MISSING_PLUGIN = re.compile(r"In 'hydra/(launcher)/(\w+)': Could not load 'hydra/launcher/submitit_\w+'")
+_MISSING_PLUGIN = re.compile(r"In 'hydra/launcher/(\w+)': Could not load 'hydra/launcher/submitit_\w+'")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
 
 
