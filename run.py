@@ -61,6 +61,10 @@ class _StartupErrors:
             if last:
                 name, _, message = last[-1].partition(": ")
                 return message if name.endswith("SnnconvError") else f"{message} ({name.rsplit('.', 1)[-1]})"
+        listed = _NOT_A_LIST.search(text)
+        if listed:  # OmegaConf's "int is not a ListConfig" for T=4 names no fix
+            key, value = listed.group(1), listed.group(2)
+            return f"{key} is a list: write '{key}=[{value}]' (e.g. 'T=[1,2,4,8]'), quoted for the shell"
         plugin = _MISSING_PLUGIN.search(text)
         if plugin:  # Hydra's "Could not load 'hydra/launcher/submitit_slurm'" names no fix
             return (f"hydra/launcher={plugin.group(1)} needs Hydra's submitit launcher plugin, "
@@ -70,6 +74,7 @@ class _StartupErrors:
         return "; ".join(ln for ln in lines if "HYDRA_FULL_ERROR" not in ln) or "invalid command line"
 
 
+_NOT_A_LIST = re.compile(r"Error merging override ([\w.]+)=(\S+)\n.*is not a ListConfig, list or tuple")
 _MISSING_PLUGIN = re.compile(r"In 'hydra/launcher/(\w+)': Could not load 'hydra/launcher/submitit_\w+'")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
 

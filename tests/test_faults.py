@@ -127,7 +127,7 @@ def _installed(module: str) -> bool:
 
 
 COMPOSITION = [  # type and key errors: Hydra's own report folded into one line
-    (["T=4"], "T", "config"),
+    (["T=4"], "T is a list: write 'T=[4]'", "config"),
     (["data.bogus=1"], "bogus", "config"),
     (["ann.L=four"], "ann.L", "config"),
     (["method=nonexistent"], "method", "config"),
