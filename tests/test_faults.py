@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -300,7 +301,7 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(earlier, tmp_path, mon
     (good,) = (earlier / "ckpt").glob("*.pt")
     cache = tmp_path / "ckpt"
     cache.mkdir()
-    (cache / good.name).write_bytes(os.urandom(500))
+    (cache / good.name).write_bytes(random.Random(0).randbytes(500))  # seeded: torch.load's error depends on the bytes
     stale = cache / f".{good.name}.abc123.tmp"
     stale.write_bytes(b"half")
     os.utime(stale, (1, 1))  # from a write killed long ago
@@ -308,7 +309,9 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(earlier, tmp_path, mon
     fresh.write_bytes(b"in progress")  # a parallel job's write in progress: kept
     code, out, err = cli(monkeypatch, capsys, *TINY, f"checkpoint_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 0, err
-    assert err.startswith(f"warning: cache file='{cache / good.name}' is not a PyTorch checkpoint ("), err
+    # random bytes fail in torch.load's unpickler or its zip reader, depending on the bytes: both are one warning
+    assert err.startswith((f"warning: cache file='{cache / good.name}' is not a PyTorch checkpoint (",
+                           f"warning: cache file='{cache / good.name}' is not a readable PyTorch checkpoint (")), err
     assert "ann.checkpoint" not in err and "training the ANN again and replacing the cache file" in err
     assert torch.load(cache / good.name, weights_only=True).keys() == torch.load(good, weights_only=True).keys()
     assert not stale.exists() and fresh.exists()
