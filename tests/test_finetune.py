@@ -145,3 +145,67 @@ def test_the_finetune_group_composes_typed_and_checked(compose_cfg):
         compose_cfg("finetune=localzo", "finetune.T=two")
     with pytest.raises(SnnconvError, match="finetune.dist='cauchy'"):
         validate(compose_cfg("finetune=localzo", "finetune.dist=cauchy"))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_fine_tuning_equals_an_uninterrupted_one_bit_for_bit(digits, tmp_path, monkeypatch):
+    """LocalZO, 3 epochs of 2 steps, a resume checkpoint every step: a run killed right after writing the one of
+    step 3 (in the middle of epoch 2) and started again continues from step 3 (same data order, LocalZO draws,
+    optimizer and schedule) and ends with exactly the uninterrupted run's network, losses and sparsity."""
+    import snnconv.finetune as ft
+
+    ann = random_ann("resnet20")
+    cfg = FinetuneConfig(name="localzo", T=2, epochs=3, batch_size=32, lr=1e-3, ann_timing_batches=1, save_every=0.5)
+    cpu = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(7)  # the global RNG that data transforms draw from
+        return convert(ann, images(1, 0))
+
+    whole = fresh()
+    ref = finetune(whole, ann, digits, cfg, time_chunk=1, device=cpu, seed=3, progress=False)
+
+    saved = []
+    real_save = ft.atomic_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saved.append(obj["step"])
+        if obj["step"] == 3:
+            raise _Killed
+
+    ckpt = tmp_path / "ft.resume.pt"
+    monkeypatch.setattr(ft, "atomic_save", save_then_die)
+    with pytest.raises(_Killed):
+        finetune(fresh(), ann, digits, cfg, time_chunk=1, device=cpu, seed=3, progress=False, checkpoint=ckpt)
+    monkeypatch.setattr(ft, "atomic_save", real_save)
+    assert saved == [1, 2, 3]
+    torch.manual_seed(12345)  # whatever the new process's RNG is, the checkpoint's is restored
+    resumed = fresh()
+    out = finetune(resumed, ann, digits, cfg, time_chunk=1, device=cpu, seed=3, progress=False, checkpoint=ckpt)
+    assert out["resumed_from_step"] == 3 and out["steps"] == 6
+    state, ref_state = resumed.state_dict(), whole.state_dict()
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    assert out["train_loss"] == ref["train_loss"] and out["backward_sparsity"] == ref["backward_sparsity"]
+
+
+def test_the_cache_key_follows_the_network_and_the_options_that_change_training(compose_cfg):
+    """finetune_key: the same for options that do not change the fine-tuned network (eval_before, cache,
+    save_every); different for a changed weight, learning rate or seed."""
+    from snnconv.finetune import finetune_key
+
+    cfg = compose_cfg("finetune=localzo")
+    snn = convert(random_ann("resnet20"), images(1, 0))
+    cpu = torch.device("cpu")
+    key = finetune_key(cfg, snn, 1, cpu)
+    same = compose_cfg("finetune=localzo", "finetune.eval_before=false", "finetune.cache=false",
+                       "finetune.save_every=2")
+    assert finetune_key(same, snn, 1, cpu) == key
+    assert finetune_key(compose_cfg("finetune=localzo", "finetune.lr=1e-3"), snn, 1, cpu) != key
+    assert finetune_key(compose_cfg("finetune=localzo", "seed=1"), snn, 1, cpu) != key
+    with torch.no_grad():
+        next(snn.parameters()).view(-1)[0] += 1e-6
+    assert finetune_key(cfg, snn, 1, cpu) != key

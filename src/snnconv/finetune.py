@@ -31,22 +31,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import itertools
+import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from snnconv import SnnconvError
+from snnconv import SnnconvError, distributed
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.surrogate import DISTRIBUTIONS, SHAPES, BackwardSparsity, LocalZO, Surrogate, TrainingSpike
-from snnconv.utils import eval_mode
+from snnconv.train import cache_lock, data_identity, resume_path
+from snnconv.utils import atomic_save, eval_mode, rng_state, set_rng_state
 
 NAMES = ("none", "localzo", "surrogate")
 CHOICES = {
@@ -87,6 +94,8 @@ class FinetuneConfig:
     train_bias: bool = True  # FTBC's beta[t], when the method calibrated them
     train_threshold: bool = False
     eval_before: bool = True  # evaluate on the test split before fine-tuning too (results.json: finetune.before)
+    cache: bool = True  # keep the fine-tuned SNN in checkpoint_dir, keyed by content (`finetune_key`)
+    save_every: float = 0.25  # epochs between resume checkpoints next to the cache entry (0 = none)
     ann_timing_batches: int = 5  # ANN training steps timed for the cost ratio (after one warm-up step)
 
     def check(self) -> None:
@@ -106,6 +115,7 @@ class FinetuneConfig:
             (self.lr > 0 and self.weight_decay >= 0, "finetune.lr must be > 0 and finetune.weight_decay >= 0"),
             (0 <= self.tet_lambda <= 1, "finetune.tet_lambda must be in [0, 1]"),
             (self.ann_timing_batches >= 1, "finetune.ann_timing_batches must be >= 1"),
+            (self.save_every >= 0, "finetune.save_every must be >= 0 (epochs; 0 = no resume checkpoints)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -235,6 +245,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class EpochSampler(Sampler[int]):
+    """Shuffled training indices: epoch e's order is torch's `DistributedSampler` (one replica, seed, set_epoch),
+    so it depends on (seed, epoch) only, and `start` skips the first indices without loading their images (a
+    resume in the middle of an epoch sees the same remaining batches as an uninterrupted run)."""
+
+    def __init__(self, n: int, seed: int):
+        self.inner = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=int(seed))
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.start = int(start)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.inner), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start
+
+
+def _save_every_steps(cfg: FinetuneConfig, per_epoch: int) -> int:
+    """Steps between two resume checkpoints (0 = none)."""
+    return max(1, math.ceil(float(cfg.save_every) * per_epoch)) if cfg.save_every > 0 else 0
+
+
 def finetune(
     snn: SpikingNetwork,
     ann: nn.Module,
@@ -244,12 +279,20 @@ def finetune(
     device: torch.device,
     seed: int,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict:
     """Fine-tune `snn` in place (module docstring) on `train_set` (the training split, a Dataset of
     (image [C, H, W], label)) for cfg.epochs epochs at cfg.T steps. `ann` is only timed (on a copy) for the cost
     ratio. Neuron controllers (COS) are removed; evaluation re-attaches them. Returns the results.json section
     (without the accuracies, which the runner adds). Raises SnnconvError when FTBC biases are shorter than cfg.T
-    or the loss diverges."""
+    or the loss diverges.
+
+    Resume: with `checkpoint` set, every `cfg.save_every` epochs (fractions allowed) the SNN's state dict, the
+    optimizer, the schedule, the step count, the RNG states (torch, CUDA, numpy, python; LocalZO's generator) and
+    the running statistics (losses, step times, sparsity counts, seconds so far) are written there atomically by
+    rank 0; a call that finds the file continues after its step, in the middle of an epoch too (`EpochSampler`).
+    With in-process data loading (data.num_workers=0) the resumed network equals an uninterrupted run's bit for
+    bit (tests/test_finetune.py); loader workers restart their augmentation RNG streams at a resume."""
     cfg = finetune_config(cfg)
     if cfg.name == "none":
         raise SnnconvError("finetune.name=none: nothing to fine-tune; choose finetune=localzo or finetune=surrogate")
@@ -257,11 +300,14 @@ def finetune(
     _check_bias_steps(snn, T)
     for neuron in snn.neurons().values():
         neuron.controllers = ()
-    gen = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(train_set, batch_size=int(cfg.batch_size), shuffle=True, generator=gen, drop_last=False)
-    per_epoch = len(loader)
+    bs = int(cfg.batch_size)
+    sampler = EpochSampler(len(train_set), seed)
+    # the loader's own generator (worker base seeds) is kept apart from the global RNG the transforms draw from
+    loader = DataLoader(train_set, batch_size=bs, sampler=sampler, generator=torch.Generator().manual_seed(int(seed)))
+    per_epoch = math.ceil(len(train_set) / bs)
     total = max(1, math.ceil(float(cfg.epochs) * per_epoch))
-    folded = fold_batchnorm(snn, next(iter(loader))[0][:1].to(device)) if cfg.bn == "fold" else []
+    save_steps = _save_every_steps(cfg, per_epoch)
+    folded = fold_batchnorm(snn, train_set[0][0][None].to(device)) if cfg.bn == "fold" else []
     weights, biases, thresholds = _trainable(snn, cfg)
     opt = _optimizer(weights + biases + thresholds, cfg)
     schedule = (lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))) if cfg.schedule == "cosine" else (lambda i: 1.0)
@@ -269,18 +315,67 @@ def finetune(
     zo_gen = torch.Generator(device=device).manual_seed(int(seed))
     sparsity = BackwardSparsity()
     train = TrainingSpike(local_gradient(cfg, zo_gen), bool(cfg.detach_reset), sparsity)
+    names = {neuron: name for name, neuron in snn.neurons().items()}
 
     losses: list[float] = []
     step_times: list[float] = []
+    loss_sum, seen, elapsed, first = 0.0, 0, 0.0, 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state = None
+    if ckpt is not None and distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, next to the cache
+        except Exception as exc:  # a file no run could have finished writing: every rank starts over
+            print(f"warning: fine-tuning resume checkpoint {ckpt} is unreadable ({' '.join(str(exc).split())[:160]}); "
+                  f"fine-tuning from the first step", file=sys.stderr)
+    if state is not None:
+        with torch.no_grad():
+            snn.load_state_dict(state["snn"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        zo_gen.set_state(state["localzo_rng"])
+        first = int(state["step"])
+        losses, step_times = list(state["losses"]), list(state["step_times"])
+        loss_sum, seen, elapsed = float(state["loss_sum"]), int(state["seen"]), float(state["seconds"])
+        by_name = {name: neuron for neuron, name in names.items()}
+        for name, (zero, count) in state["sparsity"].items():
+            sparsity.zero[by_name[name]] = torch.tensor(zero, device=device)
+            sparsity.total[by_name[name]] = count
+        if progress:
+            print(f"resuming fine-tuning after step {first}/{total} from {ckpt}")
+
+    def save(step_done: int) -> None:
+        nonlocal ckpt
+        try:
+            atomic_save({
+                "snn": snn.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step_done,
+                "rng": rng_state(),
+                "localzo_rng": zo_gen.get_state(),
+                "losses": losses,
+                "step_times": step_times,
+                "loss_sum": loss_sum,
+                "seen": seen,
+                "seconds": elapsed + time.perf_counter() - start,
+                "sparsity": {names[k]: (int(sparsity.zero[k]), int(sparsity.total[k])) for k in sparsity.total},
+            }, ckpt)
+        except (OSError, RuntimeError) as exc:
+            print(f"warning: fine-tuning resume checkpoint {ckpt} could not be written ({' '.join(str(exc).split())}); "
+                  f"fine-tuning goes on without resume checkpoints", file=sys.stderr)
+            ckpt = None
+
     start = time.perf_counter()
-    step = 0
     try:
         with eval_mode(snn), snn.differentiable(train):
-            bar = progress_bar(range(total), desc=f"finetune T={T}", disable=not progress, leave=False)
+            bar = progress_bar(range(first, total), desc=f"finetune T={T}", disable=not progress, leave=False)
             data = iter(())
-            loss_sum, seen = 0.0, 0
             for step in bar:
-                if step % per_epoch == 0:
+                epoch, i = divmod(step, per_epoch)
+                if step == first or i == 0:
+                    sampler.set_epoch(epoch, i * bs)
                     data = iter(loader)
                 x, y = next(data)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -306,15 +401,18 @@ def finetune(
                     loss_sum, seen = 0.0, 0
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                if ckpt is not None and save_steps and (step + 1) % save_steps == 0 and step + 1 < total \
+                        and distributed.is_main():
+                    save(step + 1)
     finally:
         for t in biases + thresholds:
             t.requires_grad_(False)  # back to plain buffers (parameters stay parameters)
             t.grad = None
-    seconds = time.perf_counter() - start
+    seconds = elapsed + time.perf_counter() - start
     epochs_done = total / per_epoch
     snn_step = sorted(step_times[1:] or step_times)[len(step_times[1:] or step_times) // 2]
     ann_step = _ann_step_seconds(ann, loader, cfg, device)
-    layers = {name: round(sparsity.share(n), 6) for name, n in snn.neurons().items() if n in sparsity.total}
+    layers = {names[n]: round(sparsity.share(n), 6) for n in snn.neurons().values() if n in sparsity.total}
     zero = sum(float(sparsity.zero[k]) for k in sparsity.total)
     count = sum(sparsity.total.values())
     rule = train.rule
@@ -347,4 +445,95 @@ def finetune(
         "ann_seconds_per_epoch": round(ann_step * per_epoch, 3),
         "ratio_to_ann_epoch": round(snn_step / ann_step, 3) if ann_step > 0 else None,
         "backward_sparsity": {"total": round(zero / count, 6) if count else None, "layers": layers},
+        **({"resumed_from_step": first} if first else {}),
     }
+
+
+# FinetuneConfig fields that do not change the fine-tuned network: left out of its cache key.
+_KEY_IGNORED = ("eval_before", "ann_timing_batches", "cache", "save_every")
+CACHE_FORMAT = 1
+
+
+def finetune_key(cfg, snn: SpikingNetwork, time_chunk: int, device: torch.device) -> str:
+    """Hex digest (16 chars) identifying the network that `finetune` would produce: the SNN's whole state before
+    fine-tuning (weights, thresholds, FTBC biases: every parameter and buffer, bytes and shapes), the training data
+    (`train.data_identity`), every FinetuneConfig field that changes training, the seed, the time chunk and the
+    device type (both change rounding). Content, not names: methods that convert to the same network (baseline and
+    COS, whose shift is a test-time step) share one entry. `cfg`: the whole run config."""
+    h = hashlib.sha1()
+    for name, tensor in snn.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN's step count) cannot be viewed as bytes
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    tune = {k: v for k, v in dataclasses.asdict(finetune_config(cfg.finetune)).items() if k not in _KEY_IGNORED}
+    payload = {"data": data_identity(cfg.data), "finetune": tune, "seed": int(cfg.seed), "time_chunk": int(time_chunk),
+               "device": torch.device(device).type, "snn": h.hexdigest()}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finetune_cache_path(cfg, key: str) -> Path:
+    """<checkpoint_dir>/<data>-<arch>-<ann>-ft-<finetune.name>-<key>.pt (next to the ANN cache entries)."""
+    return Path(cfg.checkpoint_dir) / f"{cfg.data.name}-{cfg.arch.name}-{cfg.ann.name}-ft-{cfg.finetune.name}-{key}.pt"
+
+
+def _load_entry(snn: SpikingNetwork, path: Path, cfg, train_set, device: torch.device) -> dict:
+    """Fill `snn` from cache entry `path`; returns its stored results section. Raises SnnconvError when the file
+    is unreadable or does not fit this network."""
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+            raise ValueError("not a fine-tuned SNN entry of this snnconv version")
+        for neuron in snn.neurons().values():
+            neuron.controllers = ()
+        if cfg.finetune.bn == "fold":
+            fold_batchnorm(snn, train_set[0][0][None].to(device))
+        with torch.no_grad():
+            snn.load_state_dict(entry["snn"])
+        return dict(entry["section"])
+    except Exception as exc:
+        raise SnnconvError(f"fine-tuning cache file {path.name} is unusable ({' '.join(str(exc).split())[:160]})") from exc
+
+
+def load_or_finetune(cfg, snn: SpikingNetwork, ann: nn.Module, train_set, time_chunk: int, device: torch.device,
+                     progress: bool = True) -> dict:
+    """Fine-tune `snn` in place as `finetune` does, or fill it from the cache (cfg.finetune.cache, default on).
+
+    The entry (`finetune_cache_path`, keyed by `finetune_key`) holds the fine-tuned state dict and the results
+    section of the run that trained it, so a cache hit reports the same losses, timings and sparsity (plus
+    "source": "cache"). Like the ANN cache (`train.load_or_train`): the entry's lock makes jobs of one sweep
+    fine-tune once (baseline and COS, a rerun with more T values, another test subset); a resume checkpoint
+    ``<entry>.resume.pt`` is written every `finetune.save_every` epochs, so a killed or requeued job continues
+    where it stopped; an unusable entry is a one-line warning and the network is fine-tuned again; an entry that
+    cannot be written is a warning (the run goes on). Several ranks: call on every rank; every rank fine-tunes
+    (identical work, as before the cache), rank 0 alone writes, and decides cache hits for all.
+    Returns the results.json section with "source" (cache | trained), "path" and "key"."""
+    start = time.perf_counter()
+    if not cfg.finetune.cache:
+        section = finetune(snn, ann, train_set, cfg.finetune, time_chunk, device, int(cfg.seed), progress)
+        return {**section, "source": "trained", "path": None}
+    key = distributed.broadcast_object(finetune_key(cfg, snn, time_chunk, device))
+    path = finetune_cache_path(cfg, key)
+    with cache_lock(path, progress, what="fine-tuning this SNN"):
+        if distributed.broadcast_object(path.is_file()):
+            try:
+                section = _load_entry(snn, path, cfg, train_set, device)
+                if progress:
+                    print(f"fine-tuned SNN loaded from cache {path} ({time.perf_counter() - start:.1f} s)")
+                return {**section, "source": "cache", "path": str(path), "key": key}
+            except SnnconvError as exc:  # every rank reads the same file: all of them fine-tune again
+                if distributed.is_main():
+                    print(f"warning: {exc}; fine-tuning again and replacing the cache file", file=sys.stderr)
+        resume = resume_path(path)
+        section = finetune(snn, ann, train_set, cfg.finetune, time_chunk, device, int(cfg.seed), progress,
+                           checkpoint=resume)
+        saved = True
+        if distributed.is_main():
+            try:
+                atomic_save({"format": CACHE_FORMAT, "snn": snn.state_dict(), "section": section}, path)
+                resume.unlink(missing_ok=True)
+            except (OSError, RuntimeError) as exc:
+                print(f"warning: the fine-tuned SNN could not be cached in {path.parent} ({' '.join(str(exc).split())});"
+                      f" the run goes on without caching it", file=sys.stderr)
+                saved = False
+        saved = distributed.broadcast_object(saved)
+    return {**section, "source": "trained", "path": str(path) if saved else None, "key": key}

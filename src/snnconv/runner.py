@@ -36,7 +36,7 @@ from snnconv.checks import remove_stale_tmp, require_writable_dir
 from snnconv.data import build_loaders
 from snnconv.device import configure_numerics, numerics_record, reset_peak_memory
 from snnconv.evaluate import evaluate
-from snnconv.finetune import finetune
+from snnconv.finetune import load_or_finetune
 from snnconv.methods import Method, build_method
 from snnconv.models import create_model, replace_maxpool
 from snnconv.progress import ProgressLoader
@@ -246,7 +246,7 @@ def _pipeline(cfg, out_dir: Path, device: torch.device, progress: bool, wb: Wand
                               micro_batch=micro)
             timing["evaluate_before_finetune"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        tuned = finetune(snn, model, loaders.train.dataset, cfg.finetune, time_chunk, device, int(cfg.seed), progress)
+        tuned = load_or_finetune(cfg, snn, model, loaders.train.dataset, time_chunk, device, progress)
         distributed.broadcast_module(snn)
         timing["finetune"] = round(time.perf_counter() - start, 3)
 

@@ -23,14 +23,12 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
@@ -40,7 +38,7 @@ from snnconv import SnnconvError, distributed
 from snnconv.ann import SourceActivation, snn_only_fields
 from snnconv.checkpoints import read_checkpoint, remap_state_dict
 from snnconv.progress import progress_bar
-from snnconv.utils import atomic_save, modules_of_type
+from snnconv.utils import atomic_save, modules_of_type, rng_state, set_rng_state
 
 # Fields that do not change the trained weights: excluded from the cache key.
 _DATA_IGNORED = ("root", "download", "test_batch_size", "num_workers", "calib_size", "limit_test")
@@ -49,6 +47,11 @@ _TRAIN_IGNORED = ("cache", "save_every", "channels_last")
 _TRAIN_OMITTED_AT = {"amp": False, "sync_bn": False}  # in the key only when set: older entries keep their key
 # Newer arch fields, likewise left out of the key while at their default.
 _DEFAULTS_IGNORED = {"arch": {"maxpool": "keep", "model_name": "", "pretrained": False}}
+
+
+def data_identity(data_cfg) -> dict:
+    """The `data` fields that change what training sees (in the cache keys of the ANN and of the fine-tuned SNN)."""
+    return {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_IGNORED}
 
 
 def cache_key(cfg) -> str:
@@ -62,7 +65,7 @@ def cache_key(cfg) -> str:
     train = part(cfg.train, _TRAIN_IGNORED)
     train = {k: v for k, v in train.items() if k not in _TRAIN_OMITTED_AT or v != _TRAIN_OMITTED_AT[k]}
     payload = {
-        "data": part(cfg.data, _DATA_IGNORED),
+        "data": data_identity(cfg.data),
         "arch": part(cfg.arch, (), "arch"),
         "ann": part(cfg.ann, _ANN_IGNORED + snn_only_fields()),
         "train": train,
@@ -89,28 +92,6 @@ def use_amp(amp: bool, device: torch.device) -> bool:
               "training in fp32", file=sys.stderr)
         return False
     return bool(amp)
-
-
-def _rng_state(loader) -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "loader": loader.generator.get_state() if getattr(loader, "generator", None) is not None else None,
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, loader) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("loader") is not None and getattr(loader, "generator", None) is not None:
-        loader.generator.set_state(state["loader"])
-    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resume_path(path: Path) -> Path:
@@ -195,7 +176,7 @@ def train_ann(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], loader)
+        set_rng_state(state["rng"], getattr(loader, "generator", None))
         first = int(state["epoch"])
         stats.update(state["stats"], resumed_from_epoch=first)
         if progress:
@@ -253,7 +234,7 @@ def train_ann(
                     "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict(),
                     "epoch": epoch + 1,
-                    "rng": _rng_state(loader),
+                    "rng": rng_state(getattr(loader, "generator", None)),
                     "stats": {k: v for k, v in stats.items() if k != "resumed_from_epoch"},
                 }, ckpt)
             except (OSError, RuntimeError) as exc:
@@ -322,7 +303,7 @@ def _try_lock(fh) -> bool:
 
 
 @contextlib.contextmanager
-def cache_lock(path: Path, progress: bool = True) -> Iterator[None]:
+def cache_lock(path: Path, progress: bool = True, what: str = "training this ANN") -> Iterator[None]:
     """Exclusive lock on cache entry `path` (fcntl.flock on ``<path>.lock``, which works across processes and, on
     Linux NFS, across nodes): jobs of one sweep that need the same ANN train it once; the others wait here and
     then load it. The lock file is left in place (unlinking it would let a third job lock a different inode).
@@ -339,7 +320,7 @@ def cache_lock(path: Path, progress: bool = True) -> Iterator[None]:
         got = _try_lock(fh) if fh is not None else False
         while not (distributed.broadcast_object(got) if many else got):
             if progress:
-                print(f"waiting for {path.name}: another job is training this ANN", flush=True)
+                print(f"waiting for {path.name}: another job is {what}", flush=True)
                 progress = False  # said once
             if not many:
                 fcntl.flock(fh, fcntl.LOCK_EX)  # one process: block until the other job is done

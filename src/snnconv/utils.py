@@ -5,6 +5,8 @@
 - `modules_of_type(root, cls)`: {qualified name: module} of one type, in definition order.
 - `atomic_write(path, data)` / `atomic_save(obj, path)`: write to a temporary file in the same folder, then
   `os.replace` it onto `path`, so a killed write never leaves a half-written file under the final name.
+- `rng_state(generator)` / `set_rng_state(state, generator)`: every RNG a resumed run must continue (torch,
+  CUDA, numpy, python, and one extra `torch.Generator`, e.g. a loader's), for training checkpoints.
 - `median_time(fn)`: warm up, repeat, median wall time (benchmarks only; timings here vary by about 20 %).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -114,6 +118,30 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getvalue())
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """The states of torch's, CUDA's (when available), numpy's and python's global RNGs and of `generator`."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loader": generator.get_state() if generator is not None else None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what `rng_state` returned (CUDA's only on as many devices as saved it)."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("loader") is not None and generator is not None:
+        generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
