@@ -155,7 +155,7 @@ def test_a_resumed_fine_tuning_equals_an_uninterrupted_one_bit_for_bit(digits, t
     """LocalZO, 3 epochs of 2 steps, a resume checkpoint every step: a run killed right after writing the one of
     step 3 (in the middle of epoch 2) and started again continues from step 3 (same data order, LocalZO draws,
     optimizer and schedule) and ends with exactly the uninterrupted run's network, losses and sparsity."""
-    import snnconv.finetune as ft
+    import snnconv.train as resume_writer  # finetune writes its resume checkpoints through train.write_resume
 
     ann = random_ann("resnet20")
     cfg = FinetuneConfig(name="localzo", T=2, epochs=3, batch_size=32, lr=1e-3, ann_timing_batches=1, save_every=0.5)
@@ -169,7 +169,7 @@ def test_a_resumed_fine_tuning_equals_an_uninterrupted_one_bit_for_bit(digits, t
     ref = finetune(whole, ann, digits, cfg, time_chunk=1, device=cpu, seed=3, progress=False)
 
     saved = []
-    real_save = ft.atomic_save
+    real_save = resume_writer.atomic_save
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -178,10 +178,10 @@ def test_a_resumed_fine_tuning_equals_an_uninterrupted_one_bit_for_bit(digits, t
             raise _Killed
 
     ckpt = tmp_path / "ft.resume.pt"
-    monkeypatch.setattr(ft, "atomic_save", save_then_die)
+    monkeypatch.setattr(resume_writer, "atomic_save", save_then_die)
     with pytest.raises(_Killed):
         finetune(fresh(), ann, digits, cfg, time_chunk=1, device=cpu, seed=3, progress=False, checkpoint=ckpt)
-    monkeypatch.setattr(ft, "atomic_save", real_save)
+    monkeypatch.setattr(resume_writer, "atomic_save", real_save)
     assert saved == [1, 2, 3]
     torch.manual_seed(12345)  # whatever the new process's RNG is, the checkpoint's is restored
     resumed = fresh()

@@ -52,7 +52,7 @@ from snnconv import SnnconvError, distributed
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.surrogate import DISTRIBUTIONS, SHAPES, BackwardSparsity, LocalZO, Surrogate, TrainingSpike
-from snnconv.train import cache_lock, data_identity, resume_path
+from snnconv.train import cache_lock, data_identity, read_resume, resume_path, write_resume
 from snnconv.utils import atomic_save, eval_mode, rng_state, set_rng_state
 
 NAMES = ("none", "localzo", "surrogate")
@@ -321,13 +321,7 @@ def finetune(
     step_times: list[float] = []
     loss_sum, seen, elapsed, first = 0.0, 0, 0.0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    state = None
-    if ckpt is not None and distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, next to the cache
-        except Exception as exc:  # a file no run could have finished writing: every rank starts over
-            print(f"warning: fine-tuning resume checkpoint {ckpt} is unreadable ({' '.join(str(exc).split())[:160]}); "
-                  f"fine-tuning from the first step", file=sys.stderr)
+    state = read_resume(ckpt, "fine-tuning from the first step")
     if state is not None:
         with torch.no_grad():
             snn.load_state_dict(state["snn"])
@@ -344,28 +338,6 @@ def finetune(
             sparsity.total[by_name[name]] = count
         if progress:
             print(f"resuming fine-tuning after step {first}/{total} from {ckpt}")
-
-    def save(step_done: int) -> None:
-        nonlocal ckpt
-        try:
-            atomic_save({
-                "snn": snn.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step_done,
-                "rng": rng_state(),
-                "localzo_rng": zo_gen.get_state(),
-                "losses": losses,
-                "step_times": step_times,
-                "loss_sum": loss_sum,
-                "seen": seen,
-                "seconds": elapsed + time.perf_counter() - start,
-                "sparsity": {names[k]: (int(sparsity.zero[k]), int(sparsity.total[k])) for k in sparsity.total},
-            }, ckpt)
-        except (OSError, RuntimeError) as exc:
-            print(f"warning: fine-tuning resume checkpoint {ckpt} could not be written ({' '.join(str(exc).split())}); "
-                  f"fine-tuning goes on without resume checkpoints", file=sys.stderr)
-            ckpt = None
 
     start = time.perf_counter()
     try:
@@ -403,7 +375,20 @@ def finetune(
                     bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 if ckpt is not None and save_steps and (step + 1) % save_steps == 0 and step + 1 < total \
                         and distributed.is_main():
-                    save(step + 1)
+                    ckpt = write_resume({
+                        "snn": snn.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "step": step + 1,
+                        "rng": rng_state(),
+                        "localzo_rng": zo_gen.get_state(),
+                        "losses": losses,
+                        "step_times": step_times,
+                        "loss_sum": loss_sum,
+                        "seen": seen,
+                        "seconds": elapsed + time.perf_counter() - start,
+                        "sparsity": {names[k]: (int(sparsity.zero[k]), int(sparsity.total[k])) for k in sparsity.total},
+                    }, ckpt, "fine-tuning")
     finally:
         for t in biases + thresholds:
             t.requires_grad_(False)  # back to plain buffers (parameters stay parameters)

@@ -94,6 +94,32 @@ def use_amp(amp: bool, device: torch.device) -> bool:
     return bool(amp)
 
 
+def read_resume(ckpt: Path | None, otherwise: str) -> dict | None:
+    """The resume checkpoint `ckpt` (ours, next to a cache entry), read on every rank when rank 0 finds it; None
+    when there is none, or when it is unreadable (a warning line ending with `otherwise`, e.g. "training from the
+    first epoch": a file no run could have finished writing, every rank starts over)."""
+    if ckpt is None or not distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
+        return None
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, next to the cache
+    except Exception as exc:
+        print(f"warning: resume checkpoint {ckpt} is unreadable ({' '.join(str(exc).split())[:160]}); {otherwise}",
+              file=sys.stderr)
+        return None
+
+
+def write_resume(state: dict, ckpt: Path, what: str) -> Path | None:
+    """Write resume checkpoint `state` to `ckpt` atomically (call on rank 0); returns `ckpt`, or None after a
+    warning line when it cannot be written (the `what` phase goes on without resume checkpoints)."""
+    try:
+        atomic_save(state, ckpt)
+        return ckpt
+    except (OSError, RuntimeError) as exc:
+        print(f"warning: resume checkpoint {ckpt} could not be written ({' '.join(str(exc).split())}); "
+              f"{what} goes on without resume checkpoints", file=sys.stderr)
+        return None
+
+
 def resume_path(path: Path) -> Path:
     """Where the training checkpoint of cache entry `path` (``<name>.pt``) lives: ``<name>.resume.pt``."""
     return path.with_name(path.stem + ".resume.pt")
@@ -149,13 +175,7 @@ def train_ann(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    state = None
-    if ckpt is not None and distributed.broadcast_object(ckpt.is_file()):  # rank 0 decides: all ranks resume
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, next to the cache
-        except Exception as exc:  # a file no run could have finished writing: every rank starts over
-            print(f"warning: resume checkpoint {ckpt} is unreadable ({' '.join(str(exc).split())[:160]}); "
-                  f"training from the first epoch", file=sys.stderr)
+    state = read_resume(ckpt, "training from the first epoch")
     if state is not None:
         model.load_state_dict(state["model"])
     net = _distributed_net(model, train_cfg, device)
@@ -227,20 +247,15 @@ def train_ann(
             print(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train acc {stats['train_acc']:.2f}%")
         last = epoch + 1 == epochs
         if ckpt is not None and save_every > 0 and ((epoch + 1) % save_every == 0 or last) and distributed.is_main():
-            try:
-                atomic_save({
-                    "model": inner.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "rng": rng_state(getattr(loader, "generator", None)),
-                    "stats": {k: v for k, v in stats.items() if k != "resumed_from_epoch"},
-                }, ckpt)
-            except (OSError, RuntimeError) as exc:
-                print(f"warning: resume checkpoint {ckpt} could not be written ({' '.join(str(exc).split())}); "
-                      f"training goes on without resume checkpoints", file=sys.stderr)
-                ckpt = None
+            ckpt = write_resume({
+                "model": inner.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "rng": rng_state(getattr(loader, "generator", None)),
+                "stats": {k: v for k, v in stats.items() if k != "resumed_from_epoch"},
+            }, ckpt, "training")
     if inner is not model:
         model.load_state_dict(inner.state_dict())
         distributed.broadcast_module(model)  # BN buffers without sync_bn differ per rank: keep rank 0's
