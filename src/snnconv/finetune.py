@@ -52,8 +52,8 @@ from snnconv import SnnconvError, distributed
 from snnconv.progress import progress_bar
 from snnconv.snn import SpikingNetwork
 from snnconv.snn.surrogate import DISTRIBUTIONS, SHAPES, BackwardSparsity, LocalZO, Surrogate, TrainingSpike
-from snnconv.train import cache_lock, data_identity, read_resume, resume_path, write_resume
-from snnconv.utils import atomic_save, eval_mode, rng_state, set_rng_state
+from snnconv.train import cache_lock, data_identity, read_resume, resume_path, write_cache_entry, write_resume
+from snnconv.utils import eval_mode, rng_state, set_rng_state
 
 NAMES = ("none", "localzo", "surrogate")
 CHOICES = {
@@ -508,17 +508,8 @@ def load_or_finetune(cfg, snn: SpikingNetwork, ann: nn.Module, train_set, time_c
             except SnnconvError as exc:  # every rank reads the same file: all of them fine-tune again
                 if distributed.is_main():
                     print(f"warning: {exc}; fine-tuning again and replacing the cache file", file=sys.stderr)
-        resume = resume_path(path)
         section = finetune(snn, ann, train_set, cfg.finetune, time_chunk, device, int(cfg.seed), progress,
-                           checkpoint=resume)
-        saved = True
-        if distributed.is_main():
-            try:
-                atomic_save({"format": CACHE_FORMAT, "snn": snn.state_dict(), "section": section}, path)
-                resume.unlink(missing_ok=True)
-            except (OSError, RuntimeError) as exc:
-                print(f"warning: the fine-tuned SNN could not be cached in {path.parent} ({' '.join(str(exc).split())});"
-                      f" the run goes on without caching it", file=sys.stderr)
-                saved = False
-        saved = distributed.broadcast_object(saved)
+                           checkpoint=resume_path(path))
+        entry = {"format": CACHE_FORMAT, "snn": snn.state_dict(), "section": section}
+        saved = write_cache_entry(entry, path, "the fine-tuned SNN")
     return {**section, "source": "trained", "path": str(path) if saved else None, "key": key}

@@ -120,6 +120,22 @@ def write_resume(state: dict, ckpt: Path, what: str) -> Path | None:
         return None
 
 
+def write_cache_entry(obj, path: Path, what: str) -> bool:
+    """Rank 0 writes cache entry `path` atomically and removes its resume checkpoint (`resume_path`); a failure is
+    a warning line naming `what` (the run goes on without caching it). Call on every rank; returns, on every
+    rank, whether the entry was written."""
+    saved = True
+    if distributed.is_main():
+        try:
+            atomic_save(obj, path)
+            resume_path(path).unlink(missing_ok=True)
+        except (OSError, RuntimeError) as exc:
+            print(f"warning: {what} could not be cached in {path.parent} ({' '.join(str(exc).split())});"
+                  f" the run goes on without caching it", file=sys.stderr)
+            saved = False
+    return distributed.broadcast_object(saved)
+
+
 def resume_path(path: Path) -> Path:
     """Where the training checkpoint of cache entry `path` (``<name>.pt``) lives: ``<name>.resume.pt``."""
     return path.with_name(path.stem + ".resume.pt")
@@ -409,18 +425,8 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
             except SnnconvError as exc:  # every rank reads the same file: all of them retrain
                 if distributed.is_main():
                     print(f"warning: {exc}; training the ANN again and replacing the cache file", file=sys.stderr)
-        resume = resume_path(path)
-        stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume, log=log)
-        saved = True
-        if distributed.is_main():
-            try:
-                atomic_save(model.state_dict(), path)
-                resume.unlink(missing_ok=True)
-            except (OSError, RuntimeError) as exc:
-                print(f"warning: the trained ANN could not be cached in {path.parent} ({' '.join(str(exc).split())});"
-                      f" the run goes on without caching it", file=sys.stderr)
-                saved = False
-        saved = distributed.broadcast_object(saved)
+        stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume_path(path), log=log)
+        saved = write_cache_entry(model.state_dict(), path, "the trained ANN")
         if saved and not distributed.is_main():
             load_state(model, path)  # what rank 0 wrote (the same weights it broadcast after training)
     return {"source": "trained", "path": str(path) if saved else None, "key": key, **stats,
