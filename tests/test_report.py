@@ -244,3 +244,7 @@ def test_finetune_section_adds_the_before_column_everywhere(tmp_path, results):
     summary = report._summary(results)
     assert summary["snn/snn_acc_before_finetune_T4"] == 79.0
     assert summary["finetune/backward_sparsity/layers/layer1.act1"] == 0.7
+    assert "cache" not in lines[-1]
+    results["finetune"].update(source="cache", path="/ckpt/digits-resnet20-qcfs-ft-localzo-0123.pt")
+    assert report.format_table(results).splitlines()[-1].endswith(
+        "(loaded from cache digits-resnet20-qcfs-ft-localzo-0123.pt)")

@@ -152,6 +152,7 @@ def format_table(results: Mapping) -> str:
             f"fine-tuned: {ft.get('name')} at T={ft.get('T')}, {ft.get('epochs')} epochs, "
             f"{_fmt(ft.get('seconds_per_epoch'), '.1f')} s/epoch = {_fmt(ft.get('ratio_to_ann_epoch'), '.1f')} x an ANN "
             f"epoch, backward sparsity {_fmt(None if sparsity is None else 100 * sparsity, '.1f')} %"
+            + (f" (loaded from cache {Path(ft['path']).name})" if ft.get("source") == "cache" and ft.get("path") else "")
         )
     return "\n".join(lines)
 
