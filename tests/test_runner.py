@@ -161,7 +161,7 @@ def test_finetune_runs_between_calibration_and_evaluation(trained):
 def test_the_fine_tuned_snn_is_cached_by_content_and_cos_reuses_the_baselines(trained):
     """The previous test's fine-tuning, asked again with more T values and by COS (whose shift is a test-time step,
     so it converts to the same network): both load the cache entry the baseline run wrote instead of fine-tuning
-    again, the rerun reports the same accuracies and section; a changed learning rate is another entry."""
+    again, and the rerun reports the same accuracies and section (other options, other entries: test_finetune.py)."""
     tmp, *_ = trained
     ft = ("finetune=localzo", "finetune.T=2", "finetune.epochs=0.1", "finetune.lr=1e-3",
           "finetune.ann_timing_batches=1")
@@ -175,8 +175,6 @@ def test_the_fine_tuned_snn_is_cached_by_content_and_cos_reuses_the_baselines(tr
     cos = run(make_cfg(tmp, *SMALL, "T=[1,2]", "method=offset_spike", *ft), tmp / "ft_cos", progress=False)
     assert cos["finetune"]["source"] == "cache" and cos["finetune"]["key"] == first["key"]
     assert cos["finetune"]["before"] != first["before"]  # COS itself ran: a different network at test time
-    other = make_cfg(tmp, *SMALL, "T=[1]", *ft, "finetune.lr=2e-3", "finetune.epochs=0.05")
-    assert run(other, tmp / "ft_other", progress=False)["finetune"]["key"] != first["key"]
 
 
 def test_ftbc_biases_are_calibrated_for_a_longer_finetune_T_and_trained(trained):
