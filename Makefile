@@ -34,8 +34,9 @@ test-full: $(STAMP)  ## every test, the slow ones included
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check src tests scripts run.py
 
-bench: $(STAMP)  ## simulation speed: SNN(T=32) time / (32 x ANN time), per time_chunk
+bench: $(STAMP)  ## simulation speed per time_chunk; fine-tuning step cost vs an ANN step, BPTT memory vs T and batch
 	$(PY) scripts/bench_simulation.py
+	$(PY) scripts/bench_finetune.py
 
 # Runs from src/ without installation: the .venv python when there is one, else python3 with torch, torchvision,
 # timm, scikit-learn, matplotlib, tqdm, hydra-core, omegaconf. GPU_CHECK_ARGS=--dry-run: toy scale on any device.
