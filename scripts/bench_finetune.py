@@ -136,13 +136,13 @@ def main() -> None:
     train = TrainingSpike(local_gradient(rule_config("localzo"), gen), True, None)
     for b in [int(v) for v in args.mem_batches.split(",")]:
         xb, yb = torch.rand(b, 1, args.img, args.img, device=device), torch.randint(0, 10, (b,), device=device)
-        ann_mib = saved_bytes(lambda: F.cross_entropy(ann(xb), yb), ann) / MiB
+        ann_mib = saved_bytes(lambda xb=xb, yb=yb: F.cross_entropy(ann(xb), yb), ann) / MiB
         for T in Ts:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             with snn.differentiable(train):
-                n = saved_bytes(lambda T=T: loss_fn(snn(xb, T, 1), yb, cfg_ce), snn)
+                n = saved_bytes(lambda T=T, xb=xb, yb=yb: loss_fn(snn(xb, T, 1), yb, cfg_ce), snn)
             peak = f" | {torch.cuda.max_memory_allocated() / MiB:.0f}" if device.type == "cuda" else ""
             print(f"{b:5d} | {T} | {n / MiB:9.1f} | {n / 1024 / (b * T):17.1f} | {ann_mib:.1f}{peak}")
 
