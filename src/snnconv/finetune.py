@@ -18,8 +18,14 @@ layout). Loss: ``ce`` = cross-entropy of the time-mean output (the evaluation re
 (Deng et al. ICLR 2022, as the official LocalZO code uses it): (1 - lambda) mean_t CE(o_t, y) + lambda MSE(o, phi).
 
 Libraries: torch.optim (Adam / AdamW / SGD) with a per-iteration cosine ``LambdaLR`` (the LocalZO recipe anneals
-to 0 over the run), torch.nn.utils.fusion for BN folding; random draws from a ``torch.Generator`` seeded with
-the run's seed (LocalZO's perturbations and the shuffling order).
+to 0 over the run), torch.nn.utils.fusion for BN folding; LocalZO's perturbations from a ``torch.Generator``
+seeded with the run's seed; the shuffling order from torch's ``DistributedSampler`` (one replica: its order
+depends on seed and epoch only, so a resume needs no sampler state).
+
+Nothing lost, nothing done twice (``load_or_finetune``, mirroring the ANN cache of ``snnconv.train``): the
+fine-tuned SNN is cached in checkpoint_dir under a key of its content before fine-tuning and the options that
+change training (``finetune_key``), behind the same file lock; a resume checkpoint is written every
+``save_every`` epochs and a killed job continues from it, mid-epoch too.
 
 Cost: each step is one T-step SNN forward plus its backward; the section reports the seconds per epoch and the
 ratio of one fine-tuning step to one ANN training step (same batch size, same optimizer, timed in this run on a
