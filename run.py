@@ -124,7 +124,7 @@ def _join_ranks() -> None:
 def cli() -> int:
     """`python run.py ...` (arguments from sys.argv): the exit code. 0; 2 for a user error (one line on stderr);
     for a sweep with failed jobs 2 when every failure was a user error, else 1; a crash of a single run keeps
-    Hydra's traceback and exit code 1."""
+    Hydra's traceback and exit code 1; 130 after Ctrl-C (one line saying how to go on)."""
     guard = sys.stderr = _StartupErrors(sys.stderr)
     try:
         main()
@@ -138,6 +138,8 @@ def cli() -> int:
             print(f"error: {guard.one_line()}", file=sys.stderr)
             return 2
         raise
+    except KeyboardInterrupt:  # jobs.execute printed what survives and how to go on
+        return 130
     finally:
         if sys.stderr is guard:
             guard.release()

@@ -318,6 +318,21 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(earlier, tmp_path, mon
     assert (tmp_path / "run" / "results.json").is_file()
 
 
+def test_ctrl_c_prints_one_line_saying_how_to_go_on_and_marks_the_job(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) in the middle of a run: exit code 130, no traceback, one line naming the rerun and
+    the resume checkpoints, and status.json says interrupted (Hydra's job-end callback does not run then)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(snnconv.runner, "run", interrupted)
+    code, out, err = cli(monkeypatch, capsys, *TINY, f"checkpoint_dir={tmp_path / 'ckpt'}",
+                         f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 130
+    assert err.strip().splitlines() == [f"interrupted: {jobs.INTERRUPTED_FIX}"]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["exit_code"] == 130
+
+
 def test_a_cache_that_cannot_be_written_after_training_keeps_the_results(tmp_path, monkeypatch, capsys):
     def full_disk(state, path):
         raise OSError(28, "No space left on device")

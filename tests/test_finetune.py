@@ -209,3 +209,29 @@ def test_the_cache_key_follows_the_network_and_the_options_that_change_training(
     with torch.no_grad():
         next(snn.parameters()).view(-1)[0] += 1e-6
     assert finetune_key(cfg, snn, 1, cpu) != key
+
+
+def test_finetune_options_without_a_rule_are_a_warning(compose_cfg, capsys):
+    """finetune.T=2 with the default finetune=none would silently fine-tune nothing: validate says so (a warning,
+    not a refusal: a sweep over finetune=none,localzo shares the other keys)."""
+    from snnconv.config import validate
+
+    validate(compose_cfg("finetune.T=2", "finetune.lr=1e-3"))
+    err = capsys.readouterr().err
+    assert "warning: finetune.T, finetune.lr set, but finetune=none: nothing is fine-tuned" in err
+    validate(compose_cfg("finetune=localzo", "finetune.T=2"))
+    validate(compose_cfg())
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_fine_tuning_run_needs_a_writable_cache_folder_even_with_a_given_ann(compose_cfg, tmp_path):
+    """ann.checkpoint skips the ANN cache, but the fine-tuned SNN is cached: checkpoint_dir is checked before any
+    work (and finetune.cache=false lifts the check)."""
+    from snnconv.runner import check_environment
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    args = (f"checkpoint_dir={blocked}", "ann.checkpoint=given.pt", "finetune=localzo")
+    with pytest.raises(SnnconvError, match="checkpoint_dir"):
+        check_environment(compose_cfg(*args), tmp_path / "out")
+    check_environment(compose_cfg(*args, "finetune.cache=false"), tmp_path / "out2")

@@ -10,6 +10,7 @@ ANN sources, methods), never from a second list.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -267,7 +268,10 @@ def validate(cfg: DictConfig) -> None:
     if "finetune" in cfg:
         from snnconv.finetune import finetune_config
 
-        finetune_config(cfg.finetune)  # FinetuneConfig.check
+        tune = finetune_config(cfg.finetune)  # FinetuneConfig.check
+        if tune.name == "none" and (changed := tune.changed()):
+            print(f"warning: {', '.join('finetune.' + k for k in changed)} set, but finetune=none: nothing is "
+                  f"fine-tuned (add finetune=localzo or finetune=surrogate)", file=sys.stderr)
 
 
 def calibration_images_available(data) -> int:

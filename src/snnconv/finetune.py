@@ -104,6 +104,10 @@ class FinetuneConfig:
     save_every: float = 0.25  # epochs between resume checkpoints next to the cache entry (0 = none)
     ann_timing_batches: int = 5  # ANN training steps timed for the cost ratio (after one warm-up step)
 
+    def changed(self) -> list[str]:
+        """Fields (besides `name`) that differ from their defaults."""
+        return [f.name for f in dataclasses.fields(self) if f.name != "name" and getattr(self, f.name) != f.default]
+
     def check(self) -> None:
         """Raise SnnconvError (one line naming the fix) for values the types cannot refuse."""
         if self.name not in NAMES:
@@ -348,7 +352,8 @@ def finetune(
     start = time.perf_counter()
     try:
         with eval_mode(snn), snn.differentiable(train):
-            bar = progress_bar(range(first, total), desc=f"finetune T={T}", disable=not progress, leave=False)
+            bar = progress_bar(range(first, total), desc=f"finetune T={T}", disable=not progress, leave=False,
+                               initial=first, total=total)
             data = iter(())
             for step in bar:
                 epoch, i = divmod(step, per_epoch)
@@ -517,5 +522,5 @@ def load_or_finetune(cfg, snn: SpikingNetwork, ann: nn.Module, train_set, time_c
         section = finetune(snn, ann, train_set, cfg.finetune, time_chunk, device, int(cfg.seed), progress,
                            checkpoint=resume_path(path))
         entry = {"format": CACHE_FORMAT, "snn": snn.state_dict(), "section": section}
-        saved = write_cache_entry(entry, path, "the fine-tuned SNN")
+        saved = write_cache_entry(entry, path, "the fine-tuned SNN", progress)
     return {**section, "source": "trained", "path": str(path) if saved else None, "key": key}

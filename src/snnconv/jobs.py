@@ -226,6 +226,10 @@ def execute(cfg: DictConfig, out_dir: str | os.PathLike, *, log_path: str | os.P
         except SnnconvError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             return JobFailed(one_line(exc), user_error=True)
+        except KeyboardInterrupt:  # Ctrl-C (SIGINT): say what survives, then stop (SIGTERM is left to submitit)
+            write_interrupted_status(out_dir)
+            print(f"interrupted: {INTERRUPTED_FIX}", file=sys.stderr, flush=True)
+            raise
         except Exception as exc:
             if not catch_all:
                 raise
@@ -233,6 +237,22 @@ def execute(cfg: DictConfig, out_dir: str | os.PathLike, *, log_path: str | os.P
             return JobFailed(one_line(f"{type(exc).__name__}: {exc}"), user_error=False)
     acc = results["snn"]["acc"]
     return Finished(acc[max(acc, key=int)])
+
+
+INTERRUPTED_FIX = (
+    "run the same command again: finished results and cached networks are kept, and ANN training and fine-tuning "
+    "continue from their last resume checkpoint in checkpoint_dir (train.save_every, finetune.save_every)"
+)
+
+
+def write_interrupted_status(out_dir: Path) -> None:
+    """status.json of a job stopped by Ctrl-C (Hydra's job-end callback does not run then)."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) > 0:
+        return
+    status = {"status": "interrupted", "error": "interrupted (Ctrl-C)", "exit_code": 130,
+              "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    with contextlib.suppress(OSError):
+        (out_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
 
 
 # ---- the Hydra callback -------------------------------------------------------------------------------------

@@ -154,16 +154,16 @@ def memory_plan(cfg, method: Method, profile: MemoryProfile, budget: int | None,
 
 
 def check_environment(cfg, out_dir: str | Path) -> torch.device:
-    """Before any work: the device exists, the output folder and (when a trained ANN will be cached) the cache
-    folder are writable; stale temporary files of killed writes there are removed. Returns the device (before
-    `distributed.local_device` picks this rank's)."""
+    """Before any work: the device exists, the output folder and (when a trained ANN or a fine-tuned SNN will be
+    cached) the cache folder are writable; stale temporary files of killed writes there are removed. Returns the
+    device (before `distributed.local_device` picks this rank's)."""
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     require_writable_dir(out_dir, "output_dir" if cfg.output_dir else "hydra.run.dir")
     remove_stale_tmp(out_dir)
-    if cfg.train.cache and not cfg.ann.checkpoint:
+    if (cfg.train.cache and not cfg.ann.checkpoint) or (cfg.finetune.name != "none" and cfg.finetune.cache):
         require_writable_dir(cfg.checkpoint_dir, "checkpoint_dir",
-                             fix="set checkpoint_dir to a writable folder, or train.cache=false to train uncached")
+                             fix="set checkpoint_dir to a writable folder, or train.cache=false / finetune.cache=false")
         for tmp in remove_stale_tmp(cfg.checkpoint_dir):
             print(f"removed {tmp}, left by a write that was killed")
     return device

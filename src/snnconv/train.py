@@ -120,15 +120,17 @@ def write_resume(state: dict, ckpt: Path, what: str) -> Path | None:
         return None
 
 
-def write_cache_entry(obj, path: Path, what: str) -> bool:
-    """Rank 0 writes cache entry `path` atomically and removes its resume checkpoint (`resume_path`); a failure is
-    a warning line naming `what` (the run goes on without caching it). Call on every rank; returns, on every
-    rank, whether the entry was written."""
+def write_cache_entry(obj, path: Path, what: str, progress: bool = True) -> bool:
+    """Rank 0 writes cache entry `path` atomically, removes its resume checkpoint (`resume_path`) and, with
+    `progress`, says where `what` went; a failure is a warning line naming `what` (the run goes on without caching
+    it). Call on every rank; returns, on every rank, whether the entry was written."""
     saved = True
     if distributed.is_main():
         try:
             atomic_save(obj, path)
             resume_path(path).unlink(missing_ok=True)
+            if progress:
+                print(f"{what} cached in {path}")
         except (OSError, RuntimeError) as exc:
             print(f"warning: {what} could not be cached in {path.parent} ({' '.join(str(exc).split())});"
                   f" the run goes on without caching it", file=sys.stderr)
@@ -426,7 +428,7 @@ def load_or_train(cfg, model: nn.Module, train_loader, device: torch.device, pro
                 if distributed.is_main():
                     print(f"warning: {exc}; training the ANN again and replacing the cache file", file=sys.stderr)
         stats = train_ann(model, train_loader, cfg.train, device, progress, checkpoint=resume_path(path), log=log)
-        saved = write_cache_entry(model.state_dict(), path, "the trained ANN")
+        saved = write_cache_entry(model.state_dict(), path, "the trained ANN", progress)
         if saved and not distributed.is_main():
             load_state(model, path)  # what rank 0 wrote (the same weights it broadcast after training)
     return {"source": "trained", "path": str(path) if saved else None, "key": key, **stats,
