@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from snnconv import SnnconvError, jobs
-from snnconv.config import register_configs
+from snnconv.config import register_configs, schema_fields, unknown_key_message
 
 register_configs()
 
@@ -65,6 +65,9 @@ class _StartupErrors:
         if listed:  # OmegaConf's "int is not a ListConfig" for T=4 names no fix
             key, value = listed.group(1), listed.group(2)
             return f"{key} is a list: write '{key}=[{value}]' (e.g. 'T=[1,2,4,8]'), quoted for the shell"
+        unknown = _UNKNOWN_KEY.search(text)
+        if unknown and (valid := schema_fields(unknown.group(2))):  # Hydra advises '+key=...', which nothing reads
+            return unknown_key_message(unknown.group(1), valid)
         plugin = _MISSING_PLUGIN.search(text)
         if plugin:  # Hydra's "Could not load 'hydra/launcher/submitit_slurm'" names no fix
             return (f"hydra/launcher={plugin.group(1)} needs Hydra's submitit launcher plugin, "
@@ -75,6 +78,7 @@ class _StartupErrors:
 
 
 _NOT_A_LIST = re.compile(r"Error merging override ([\w.]+)=(\S+)\n.*is not a ListConfig, list or tuple")
+_UNKNOWN_KEY = re.compile(r"Could not override '([\w.]+)'\.\n(?:.*\n)*?Key '\w+' not in '(\w+)'")
 _MISSING_PLUGIN = re.compile(r"In 'hydra/launcher/(\w+)': Could not load 'hydra/launcher/submitit_\w+'")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
 

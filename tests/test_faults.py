@@ -129,7 +129,9 @@ def _installed(module: str) -> bool:
 
 COMPOSITION = [  # type and key errors: Hydra's own report folded into one line
     (["T=4"], "T is a list: write 'T=[4]'", "config"),
-    (["data.bogus=1"], "bogus", "config"),
+    (["data.bogus=1"], "data.bogus is not a setting; the settings of data: name, root,", "config"),
+    (["data.rot=x"], "data.rot is not a setting; did you mean data.root?", "config"),
+    (["method=ftbc", "method.alpah=0.3"], "did you mean method.alpha? the settings of method: name, alpha,", "config"),
     (["ann.L=four"], "ann.L", "config"),
     (["method=nonexistent"], "method", "config"),
     (["seed=1.5"], "seed", "config"),
@@ -137,6 +139,9 @@ COMPOSITION = [  # type and key errors: Hydra's own report folded into one line
     (["method.alpha=x", "method=ftbc"], "alpha", "config"),
 ]
 CASES = COMPOSITION + [
+    # keys added with '+', as Hydra's own message advises: accepted at composition, refused by validate
+    (["+data.bogus=1"], "data.bogus is not a setting", "config"),
+    (["+finetune.delat=1"], "finetune.delat is not a setting; did you mean finetune.delta?", "config"),
     # values
     (["T=[0]"], "positive ints", "config"),
     (["T=[]"], "positive ints", "config"),
@@ -213,7 +218,7 @@ def via_cli(overrides: list[str]) -> bool:
     """Composition errors, Hydra settings and flags need run.py's whole path (Hydra's composition costs ~0.5 s a
     call); value errors are composed once per group choice and run through the task body `jobs.execute`, which
     is what run.py's task calls (two of them also through run.py, to show the path is the same)."""
-    return (overrides in [c[0] for c in COMPOSITION] or any(o.startswith(("-", "hydra.")) for o in overrides)
+    return (overrides in [c[0] for c in COMPOSITION] or any(o.startswith(("-", "+", "hydra.")) for o in overrides)
             or overrides[0] in ("T=[0]", "device=mps"))
 
 

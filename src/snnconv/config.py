@@ -1,7 +1,9 @@
 """Typed config schema, registered in Hydra's ConfigStore, plus the value checks a type cannot express.
 
 Every key a user can set is declared in a dataclass, so `data.bogus=1` or `T=4` fails when the config is composed
-(OmegaConf type checks), and `'T=[0]'` / `ann.L=0` fail in :func:`validate` before any work starts. The `method`
+(OmegaConf type checks; run.py turns Hydra's report into one line naming the closest valid key), and `'T=[0]'`,
+`ann.L=0` or a key added with `+data.bogus=1` (which Hydra's own message advises) fail in :func:`validate` before
+any work starts. The `method`
 group's schemas are not here: each method module owns its config dataclass (`snnconv.methods.registry`), stored as
 `method/<name>_schema` and listed first in `conf/method/<name>.yaml`; likewise `snnconv.finetune.FinetuneConfig`
 for the `finetune` group (`finetune/finetune_schema`). Choices come from the registries (models,
@@ -10,9 +12,10 @@ ANN sources, methods), never from a second list.
 
 from __future__ import annotations
 
+import difflib
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -241,8 +244,52 @@ def _get(cfg: DictConfig, dotted: str) -> Any:
     return node
 
 
+def unknown_key_message(full_key: str, valid: list[str]) -> str:
+    """One line for a key that is not a setting: its closest valid spelling and the valid keys of its section.
+    `full_key`: dotted (``data.bogus``); `valid`: the section's setting names. Hydra's own advice for this case
+    (``To append to your config use +data.bogus=1``) would add a key that nothing reads."""
+    section, _, key = full_key.rpartition(".")
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {section + '.' if section else ''}{close[0]}? " if close else ""
+    return (f"{full_key} is not a setting; {hint}{'the settings of ' + section if section else 'top-level settings'}"
+            f": {', '.join(valid)} ('python run.py --cfg job' prints them with their values)")
+
+
+def schema_fields(type_name: str) -> list[str] | None:
+    """Setting names of the schema dataclass called `type_name` (e.g. 'DataConfig', 'FTBCConfig'), looked up among
+    the schemas in Hydra's ConfigStore and their typed sub-sections (every method and the finetune group register
+    theirs); None if there is none."""
+    stack: list = [ConfigStore.instance().repo]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            continue
+        node = getattr(item, "node", item)
+        kind = OmegaConf.get_type(node)
+        if is_dataclass(kind) and kind.__name__ == type_name:
+            return [f.name for f in fields(kind)]
+        if isinstance(node, DictConfig):
+            stack.extend(node._get_node(k) for k in node.keys() if isinstance(node._get_node(k), DictConfig))
+    return None
+
+
+def check_unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """Raise SnnconvError for a key that no schema declares: the `+data.bogus=1` Hydra suggests is accepted at
+    composition (it opens the struct flag) and would be silently ignored. Recurses into typed sub-sections."""
+    kind = OmegaConf.get_type(node)
+    valid = [f.name for f in fields(kind)] if is_dataclass(kind) else None
+    for key in node.keys():
+        if valid is not None and key not in valid:
+            raise SnnconvError(unknown_key_message(f"{prefix}{key}", valid))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            check_unknown_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise SnnconvError (one line, naming the fix) for values the schema's types cannot refuse."""
+    check_unknown_keys(cfg)
     T = list(cfg.T)
     if not T or any(int(t) < 1 for t in T):
         raise SnnconvError(f"T must be a non-empty list of positive ints, got {T}; e.g. 'T=[1,2,4,8]'")
