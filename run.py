@@ -65,6 +65,14 @@ class _StartupErrors:
         if listed:  # OmegaConf's "int is not a ListConfig" for T=4 names no fix
             key, value = listed.group(1), listed.group(2)
             return f"{key} is a list: write '{key}=[{value}]' (e.g. 'T=[1,2,4,8]'), quoted for the shell"
+        typed = _WRONG_TYPE.search(text)
+        if typed:  # OmegaConf's "Value 'four' of type 'str' could not be converted to Integer; full_key: ..."
+            key, value, kind = typed.group(1), typed.group(2), (typed.group(3) or typed.group(4)).lower()
+            word, example = _TYPE_WORDS.get(kind, (f"a {kind}", None))
+            if value.startswith("["):
+                return f"{key}={value}: every element must be {word}"
+            fix = f"write e.g. {key}={example}" if example else f"write {key}=true or {key}=false"
+            return f"{key}={value} is not {word}: {fix}"
         unknown = _UNKNOWN_KEY.search(text)
         if unknown and (valid := schema_fields(unknown.group(2))):  # Hydra advises '+key=...', which nothing reads
             return unknown_key_message(unknown.group(1), valid)
@@ -78,6 +86,9 @@ class _StartupErrors:
 
 
 _NOT_A_LIST = re.compile(r"Error merging override ([\w.]+)=(\S+)\n.*is not a ListConfig, list or tuple")
+_WRONG_TYPE = re.compile(r"Error merging override ([\w.]+)=(.*)\n.*Value '.*'(?: of type '\w+')? "
+                         r"(?:could not be converted to (\w+)|is not a valid (\w+))")
+_TYPE_WORDS = {"integer": ("an integer", "4"), "float": ("a number", "0.5"), "bool": ("true or false", None)}
 _UNKNOWN_KEY = re.compile(r"Could not override '([\w.]+)'\.\n(?:.*\n)*?Key '\w+' not in '(\w+)'")
 _MISSING_PLUGIN = re.compile(r"In 'hydra/launcher/(\w+)': Could not load 'hydra/launcher/submitit_\w+'")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")

@@ -132,11 +132,13 @@ COMPOSITION = [  # type and key errors: Hydra's own report folded into one line
     (["data.bogus=1"], "data.bogus is not a setting; the settings of data: name, root,", "config"),
     (["data.rot=x"], "data.rot is not a setting; did you mean data.root?", "config"),
     (["method=ftbc", "method.alpah=0.3"], "did you mean method.alpha? the settings of method: name, alpha,", "config"),
-    (["ann.L=four"], "ann.L", "config"),
+    (["ann.L=four"], "ann.L=four is not an integer: write e.g. ann.L=4", "config"),
+    (["T=[a]"], "T=[a]: every element must be an integer", "config"),
+    (["finetune.cache=maybe"], "finetune.cache=maybe is not true or false: write finetune.cache=true or", "config"),
     (["method=nonexistent"], "method", "config"),
-    (["seed=1.5"], "seed", "config"),
+    (["seed=1.5"], "seed=1.5 is not an integer", "config"),
     (["arch=alexnet"], "arch", "config"),
-    (["method.alpha=x", "method=ftbc"], "alpha", "config"),
+    (["method.alpha=x", "method=ftbc"], "method.alpha=x is not a number: write e.g. method.alpha=0.5", "config"),
 ]
 CASES = COMPOSITION + [
     # keys added with '+', as Hydra's own message advises: accepted at composition, refused by validate
